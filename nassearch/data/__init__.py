@@ -1,0 +1,1 @@
+"""COCO-format datasets, transforms and the embedded synthetic dataset."""

@@ -1,0 +1,1 @@
+"""Detectors: ResNet backbones, FPN neck, RetinaNet and FCOS, box ops and losses."""

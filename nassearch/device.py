@@ -1,0 +1,35 @@
+"""Device selection: `auto` picks CUDA when present; bf16 autocast and channels_last only on CUDA."""
+
+from __future__ import annotations
+
+import torch
+
+from nassearch.errors import NasSearchError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a config value (`auto`, `cpu`, `cuda`, `cuda:N`) into a torch.device, refusing unusable ones."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise NasSearchError(f"device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NasSearchError(f"device: {spec!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise NasSearchError(
+                f"device: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def use_bf16(device: torch.device, amp: str = "auto") -> bool:
+    """bf16 autocast is used on CUDA only: `auto` and `bf16` enable it there, `off` never."""
+    return device.type == "cuda" and amp in ("auto", "bf16")
+
+
+def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
+    """channels_last memory format helps convolutions on CUDA; on CPU it is left off."""
+    return device.type == "cuda" and setting in ("auto", "on")

@@ -1,0 +1,1 @@
+"""Training loop (proxy and full training) and COCO evaluation."""
