@@ -1,16 +1,181 @@
-"""Typed experiment configuration: pydantic models, YAML loading, `--set` overrides, one-line errors."""
+"""Typed experiment configuration: pydantic models, YAML loading, `--set` overrides, one-line errors.
+
+A config file is validated as a whole; every problem is reported as one line naming the file and the
+dotted key (``experiments/x.yaml: train.epochs: expected a number, got 'ten'``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from nassearch.errors import NasSearchError
 
 
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+class SplitConfig(Strict):
+    """One COCO-format split: an image folder and an instances file, both relative to `data.root`."""
+
+    images: str
+    annotations: str
+    # First N images after a seeded shuffle (applied after the holdout split).
+    subset: int | None = Field(None, gt=0)
+    subset_seed: int = 0
+    # Split N images off this set with a seed (NAS-FPN held out 7,392 train2017 images for its
+    # reward); `holdout_part` picks which side this split serves.
+    holdout: int | None = Field(None, gt=0)
+    holdout_seed: int = 0
+    holdout_part: Literal["rest", "held_out"] = "rest"
+
+
+class SyntheticConfig(Strict):
+    """Parameters of the embedded synthetic dataset; the data is generated once per parameter set."""
+
+    num_train: int = Field(400, ge=1)
+    num_val: int = Field(100, ge=1)
+    image_size: int = Field(160, ge=32)
+    min_object_size: int = Field(8, ge=2)
+    max_object_size: int = Field(128, ge=4)
+    max_objects: int = Field(6, ge=1)
+    seed: int = 0
+    # Where generated datasets are cached (default: ~/.cache/nassearch/synthetic).
+    cache_dir: str | None = None
+
+
+class DataConfig(Strict):
+    type: Literal["synthetic", "coco"] = "synthetic"
+    # COCO root folder; `train`/`val` paths are relative to it. Required for type coco.
+    root: str | None = None
+    train: SplitConfig = Field(
+        default_factory=lambda: SplitConfig(
+            images="train2017", annotations="annotations/instances_train2017.json"
+        )
+    )
+    val: SplitConfig = Field(
+        default_factory=lambda: SplitConfig(
+            images="val2017", annotations="annotations/instances_val2017.json"
+        )
+    )
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    # Skip training images without boxes (evaluation always keeps every image).
+    skip_empty: bool = True
+
+
+class InputConfig(Strict):
+    """Image pipeline: `square` = NAS-FPN/TF fixed square crops with scale jitter; `resize` = keep ratio."""
+
+    mode: Literal["square", "resize"] = "resize"
+    size: int = Field(640, ge=32)
+    short_side: int = Field(800, ge=32)
+    max_size: int = Field(1333, ge=32)
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    normalize: Literal["imagenet", "caffe"] = "imagenet"
+    # Batches are padded to a multiple of this (128 for NAS-FPN pyramids, 32 otherwise).
+    size_divisor: int = Field(32, ge=1)
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+class BackboneConfig(Strict):
+    depth: Literal[10, 18, 34, 50, 101] = 50
+    # Path to an ImageNet state dict with torchvision key names; nothing is ever downloaded.
+    weights: str | None = None
+    frozen_stages: int = Field(1, ge=-1, le=4)
+    norm_eval: bool = True
+    freeze_norm: bool = False
+    style: Literal["pytorch", "caffe"] = "pytorch"
+
+
+class NeckConfig(Strict):
+    type: Literal["fpn"] = "fpn"
+    out_channels: int = Field(256, ge=8)
+    # P6 from C5 ("input") or from P5 ("output"); None: the detector's convention (RetinaNet: input,
+    # FCOS: output).
+    extra_source: Literal["input", "output"] | None = None
+    norm: Literal["bn", "gn"] | None = None
+
+
+class RetinaNetConfig(Strict):
+    type: Literal["retinanet"] = "retinanet"
+    num_classes: int | None = Field(None, ge=1)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    neck: NeckConfig = Field(default_factory=NeckConfig)
+    num_convs: int = Field(4, ge=0)
+    feat_channels: int = Field(256, ge=8)
+    head_norm: Literal["bn", "gn"] | None = None
+    # NAS-FPN's head: conv weights shared across levels, a separate BatchNorm per level.
+    separate_norm_per_level: bool = False
+    octave_base_scale: float = Field(4.0, gt=0)
+    scales_per_octave: int = Field(3, ge=1)
+    ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    pos_iou_thr: float = Field(0.5, gt=0, le=1)
+    neg_iou_thr: float = Field(0.4, ge=0, le=1)
+    min_pos_iou: float = Field(0.0, ge=0, le=1)
+    focal_alpha: float = 0.25
+    # 1.5 in NAS-FPN (TF), 2.0 in mmdetection's RetinaNet.
+    focal_gamma: float = Field(2.0, ge=0)
+    box_loss: Literal["smooth_l1", "l1", "giou"] = "l1"
+    smooth_l1_beta: float = Field(0.11, gt=0)
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    nms_thresh: float = Field(0.5, gt=0, le=1)
+    topk_candidates: int = Field(1000, ge=1)
+    detections_per_img: int = Field(100, ge=1)
+
+
+class FCOSConfig(Strict):
+    type: Literal["fcos"] = "fcos"
+    num_classes: int | None = Field(None, ge=1)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    neck: NeckConfig = Field(default_factory=NeckConfig)
+    num_convs: int = Field(4, ge=0)
+    feat_channels: int = Field(256, ge=8)
+    head_norm: Literal["bn", "gn"] | None = "gn"
+    centerness_on: Literal["cls", "reg"] = "cls"
+    regress_ranges: list[tuple[float, float]] = Field(
+        default_factory=lambda: [(-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8)]
+    )
+    center_sampling: bool = False
+    center_sampling_radius: float = Field(1.5, gt=0)
+    focal_alpha: float = 0.25
+    focal_gamma: float = Field(2.0, ge=0)
+    box_loss: Literal["log", "linear", "giou"] = "giou"
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    nms_thresh: float = Field(0.6, gt=0, le=1)
+    topk_candidates: int = Field(1000, ge=1)
+    detections_per_img: int = Field(100, ge=1)
+
+
+def _model_tag(value: Any) -> str | None:
+    # A model section without `type` is a RetinaNet, as in the defaults.
+    if isinstance(value, dict):
+        return value.get("type", "retinanet")
+    return getattr(value, "type", None)
+
+
+ModelConfig = Annotated[
+    Annotated[RetinaNetConfig, Tag("retinanet")] | Annotated[FCOSConfig, Tag("fcos")],
+    Discriminator(_model_tag),
+]
+_MODEL_TAGS = ("retinanet", "fcos")
+
+
+# ------------------------------------------------------------------------------------- training
 
 
 class OptimizerConfig(Strict):
@@ -54,3 +219,166 @@ class TrainConfig(Strict):
     checkpoint_interval: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
     tensorboard: bool = True
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(2, ge=1)
+
+
+class ExperimentConfig(Strict):
+    """A whole experiment: what `nassearch train` / `eval` / `summary` read."""
+
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    device: str = "auto"
+    # Outputs go to <output_dir>/<name>/ (relative paths are relative to the working directory).
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    model: ModelConfig = Field(default_factory=RetinaNetConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ------------------------------------------------------------------------------- loading, errors
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse one `--set a.b.c=value`; the value is read as YAML, so numbers, bools and lists are typed."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise NasSearchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise NasSearchError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise NasSearchError(f"--set {item!r}: value is not valid YAML ({_first_line(exc)})") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `--set` applied; missing intermediate sections are created."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                dotted = ".".join(parts[: i + 1])
+                raise NasSearchError(f"--set {item!r}: {dotted} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing, unreadable or non-mapping file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NasSearchError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise NasSearchError(f"{path}: not valid YAML ({_first_line(exc)})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NasSearchError(f"{path}: cannot read ({exc})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise NasSearchError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validate_config(
+    raw: dict[str, Any], source: str = "<config>", *, require_data: bool = True
+) -> ExperimentConfig:
+    """Validate a raw mapping; the first problem becomes one line naming `source` and the dotted key.
+
+    `require_data=False` skips the data-root check, for commands that never read images (summary).
+    """
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise NasSearchError(f"{source}: {format_validation_error(exc)}") from None
+    _check_consistency(cfg, source, require_data=require_data)
+    return cfg
+
+
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, require_data: bool = True
+) -> ExperimentConfig:
+    """Load, override and validate an experiment config file."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return validate_config(raw, str(path), require_data=require_data)
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> None:
+    """Write the resolved config as YAML next to a run's outputs (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    tmp.replace(path)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line for the first error of a pydantic ValidationError: dotted key and what is wrong."""
+    err = exc.errors()[0]
+    loc = _clean_loc(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required value is missing"
+    if kind == "union_tag_invalid":
+        allowed = err.get("ctx", {}).get("expected_tags", "")
+        return f"{key}.type: unknown type {err.get('ctx', {}).get('tag')!r} (expected one of {allowed})"
+    msg = err["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{key}: {msg.lower()}, got {value!r}"
+    return f"{key}: {msg[0].lower() + msg[1:]} (got {value!r})"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
+    # A discriminated union puts the tag ("retinanet") into the location: model.retinanet.x -> model.x
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] == "model" and part in _MODEL_TAGS:
+            continue
+        out.append(part)
+    return out
+
+
+def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool) -> None:
+    if require_data and cfg.data.type == "coco" and not cfg.data.root:
+        raise NasSearchError(
+            f"{source}: data.root: required for COCO data; pass --set data.root=/path/to/coco"
+        )
+    if cfg.model.type == "retinanet" and cfg.model.neg_iou_thr > cfg.model.pos_iou_thr:
+        raise NasSearchError(
+            f"{source}: model.neg_iou_thr: {cfg.model.neg_iou_thr} is above model.pos_iou_thr "
+            f"{cfg.model.pos_iou_thr}"
+        )
+    lo, hi = cfg.input.scale_range
+    if not 0 < lo <= hi:
+        raise NasSearchError(f"{source}: input.scale_range: need 0 < low <= high, got {[lo, hi]}")
+    syn = cfg.data.synthetic
+    if syn.min_object_size > syn.max_object_size:
+        raise NasSearchError(
+            f"{source}: data.synthetic.min_object_size: {syn.min_object_size} exceeds "
+            f"max_object_size {syn.max_object_size}"
+        )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,134 @@
+"""Config loading: typed overrides, one-line errors naming file and dotted key, resolved-config round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nassearch.config import (
+    ExperimentConfig,
+    FCOSConfig,
+    apply_overrides,
+    load_config,
+    save_config,
+    validate_config,
+)
+from nassearch.errors import NasSearchError
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def error_of(path: Path, overrides=(), **kwargs) -> str:
+    with pytest.raises(NasSearchError) as info:
+        load_config(path, overrides, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path)) or message.startswith("--set")
+    return message
+
+
+def test_overrides_are_typed():
+    raw = apply_overrides(
+        {"train": {"epochs": 12}},
+        [
+            "train.epochs=2.5",
+            "train.batch_size=4",
+            "train.tensorboard=false",
+            "input.scale_range=[0.5, 1.5]",
+            "model.backbone.weights=null",
+            "name=abc",
+        ],
+    )
+    assert raw["train"] == {"epochs": 2.5, "batch_size": 4, "tensorboard": False}
+    assert raw["input"]["scale_range"] == [0.5, 1.5]
+    assert raw["model"]["backbone"]["weights"] is None
+    cfg = validate_config(raw)
+    assert cfg.train.epochs == 2.5 and cfg.train.batch_size == 4
+    assert cfg.input.scale_range == (0.5, 1.5)
+    assert cfg.name == "abc"
+
+
+def test_override_into_a_value_is_refused():
+    with pytest.raises(NasSearchError, match=r"train\.epochs is a value"):
+        apply_overrides({"train": {"epochs": 1}}, ["train.epochs.x=2"])
+    with pytest.raises(NasSearchError, match="KEY=VALUE"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_unknown_key_names_file_and_dotted_key(tmp_path):
+    path = write(tmp_path, {"model": {"type": "retinanet", "backbone": {"depht": 50}}})
+    assert error_of(path) == f"{path}: model.backbone.depht: unknown key"
+
+
+def test_unknown_key_from_override(tmp_path):
+    path = write(tmp_path, {})
+    assert error_of(path, ["train.epocs=3"]) == f"{path}: train.epocs: unknown key"
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = write(tmp_path, {"train": {"epochs": "ten"}})
+    message = error_of(path)
+    assert message.startswith(f"{path}: train.epochs: ") and "'ten'" in message
+
+
+def test_wrong_choice_in_union_member(tmp_path):
+    path = write(tmp_path, {"model": {"type": "fcos", "box_loss": "l2"}})
+    message = error_of(path)
+    assert message.startswith(f"{path}: model.box_loss: ") and "'l2'" in message
+
+
+def test_unknown_detector_type(tmp_path):
+    path = write(tmp_path, {"model": {"type": "yolo"}})
+    assert "model.type: unknown type 'yolo'" in error_of(path)
+
+
+def test_missing_required_value(tmp_path):
+    path = write(tmp_path, {"data": {"train": {"images": "train2017"}}})
+    assert error_of(path) == f"{path}: data.train.annotations: required value is missing"
+
+
+def test_coco_needs_a_root_except_for_summary(tmp_path):
+    path = write(tmp_path, {"data": {"type": "coco"}})
+    assert "data.root" in error_of(path) and "--set data.root=" in error_of(path)
+    cfg = load_config(path, require_data=False)
+    assert cfg.data.type == "coco"
+
+
+def test_missing_and_malformed_files(tmp_path):
+    assert error_of(tmp_path / "nope.yaml").endswith("config file not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert "not valid YAML" in error_of(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    assert "must be a mapping" in error_of(listing)
+
+
+def test_fcos_defaults_differ_from_retinanet():
+    cfg = validate_config({"model": {"type": "fcos"}})
+    assert isinstance(cfg.model, FCOSConfig)
+    assert cfg.model.head_norm == "gn" and cfg.model.nms_thresh == 0.6
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = validate_config({"name": "x", "model": {"type": "fcos"}, "train": {"epochs": 3}})
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(tmp_path / "run" / "config.yaml")
+    assert again == cfg
+    assert isinstance(again, ExperimentConfig)
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path, require_data=False)
+    if cfg.data.type == "coco":
+        with pytest.raises(NasSearchError, match=r"data\.root"):
+            load_config(path)
