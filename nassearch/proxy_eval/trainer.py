@@ -1,0 +1,594 @@
+"""One training loop for proxy training (inside Tune trials) and full retraining, with exact resume.
+
+Everything random in the loop is derived from `seed`: the sample order of epoch `e` comes from a
+generator seeded with (seed, e), and checkpoints store the global RNG states, so a run resumed from
+`last.pth` reproduces the uninterrupted run's losses exactly (on CPU). Side effects (checkpoints,
+TensorBoard, metrics.jsonl, log lines) are gated by `Trainer.is_main_process` so a distributed
+version only needs a per-rank sampler and that flag set to False on ranks other than 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from nassearch.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from nassearch.data.collate import collate_detection
+from nassearch.device import use_bf16, use_channels_last
+from nassearch.errors import NasSearchError
+from nassearch.proxy_eval.checkpoint import (
+    TRAINER_CHECKPOINT_FORMAT,
+    is_trainer_checkpoint,
+    load_checkpoint,
+    load_state_checked,
+    save_checkpoint,
+)
+
+Evaluator = Callable[[nn.Module, int], dict[str, float]]
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `Trainer.fit`: status `ok` or `nan` (training stopped on a non-finite loss)."""
+
+    status: str
+    message: str
+    epochs_completed: int
+    iterations: int
+    loss_history: list[float] = field(default_factory=list)
+    last_losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- optimiser and schedule
+
+
+def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
+    """Trainable parameters split into weight/bias x decay/no-decay groups (mmdetection's paramwise options)."""
+    buckets: dict[str, list[nn.Parameter]] = {
+        "weight": [],
+        "weight_no_decay": [],
+        "bias": [],
+        "bias_no_decay": [],
+    }
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            is_bias = name == "bias"
+            no_decay = cfg.no_decay_norm_bias and (is_bias or isinstance(module, _NORM_TYPES))
+            buckets[("bias" if is_bias else "weight") + ("_no_decay" if no_decay else "")].append(
+                param
+            )
+    groups = []
+    for name, params in buckets.items():
+        if not params:
+            continue
+        lr_mult = cfg.bias_lr_mult if name.startswith("bias") else 1.0
+        groups.append(
+            {
+                "params": params,
+                "name": name,
+                "lr": cfg.lr * lr_mult,
+                "weight_decay": 0.0 if name.endswith("no_decay") else cfg.weight_decay,
+            }
+        )
+    if not groups:
+        raise NasSearchError(
+            "optimizer: the model has no trainable parameters (requires_grad=False everywhere)"
+        )
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over `param_groups(model, cfg)`."""
+    groups = param_groups(model, cfg)
+    if cfg.type == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def total_iterations(cfg: TrainConfig, iters_per_epoch: int) -> int:
+    """ceil(epochs * iters_per_epoch), capped by max_iters; fractional epochs stop mid-epoch."""
+    # The small epsilon keeps e.g. 0.1 * 30 = 3.0000000000000004 from rounding up to 4.
+    total = max(1, math.ceil(cfg.epochs * iters_per_epoch - 1e-9))
+    return min(total, cfg.max_iters) if cfg.max_iters is not None else total
+
+
+def lr_factor(iteration: int, cfg: ScheduleConfig, total_iters: int, iters_per_epoch: int) -> float:
+    """Multiplier of the base lr for optimiser step `iteration` (0-based): schedule x linear warm-up."""
+    if cfg.type == "step":
+        milestones = [round(m * iters_per_epoch) for m in cfg.milestones]
+        factor = cfg.gamma ** sum(iteration >= m for m in milestones)
+    elif cfg.type == "cosine":
+        progress = min(iteration / total_iters, 1.0)
+        factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+    else:
+        factor = 1.0
+    if iteration < cfg.warmup_iters:
+        # mmdetection's linear warm-up: scales the regular schedule from warmup_ratio up to 1.
+        factor *= cfg.warmup_ratio + (1 - cfg.warmup_ratio) * iteration / cfg.warmup_iters
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_iters: int, iters_per_epoch: int
+) -> LambdaLR:
+    """An iteration-based LambdaLR (call `.step()` after every optimiser step)."""
+
+    def factor(iteration: int) -> float:
+        return lr_factor(iteration, cfg, total_iters, iters_per_epoch)
+
+    return LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 56-bit seed derived from integers, so (seed, epoch) pairs give unrelated generators."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles indices with a generator seeded from (seed, epoch), optionally starting mid-permutation."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.size - self.start)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class _RunState:
+    iteration: int = 0
+    epochs_completed: int = 0
+    loss_history: list[float] = field(default_factory=list)
+    last_losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _NonFiniteLoss(Exception):
+    """Internal signal: the loss at the current step is NaN or infinite (carries the loss values)."""
+
+    def __init__(self, message: str, losses: dict[str, float]) -> None:
+        super().__init__(message)
+        self.losses = losses
+
+
+class Trainer:
+    """Trains a detector whose training-mode forward returns a dict of `loss_*` tensors.
+
+    `evaluator(model, epoch)` runs every `cfg.eval_interval` epochs and after the last one; its
+    metrics go to metrics.jsonl, TensorBoard and `TrainResult.metrics`. `on_epoch_end(epoch, info)`
+    runs after each epoch's checkpoint with mean losses, lr, iteration and any new metrics (epochs
+    are counted from 1). Checkpoints: work_dir/checkpoints/epoch_{k}.pth every
+    `cfg.checkpoint_interval` epochs and after the final (possibly partial) epoch, plus last.pth.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        cfg: TrainConfig,
+        *,
+        device: torch.device,
+        seed: int = 0,
+        work_dir: str | os.PathLike | None = None,
+        size_divisor: int = 32,
+        evaluator: Evaluator | None = None,
+        on_epoch_end: EpochCallback | None = None,
+        progress: bool | None = None,
+        log: Callable[[str], Any] | None = print,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.seed = seed
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.size_divisor = size_divisor
+        self.evaluator = evaluator
+        self.on_epoch_end = on_epoch_end
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log
+        # Ranks other than 0 of a distributed run set this to False: no files, no logs.
+        self.is_main_process = True
+        self.train_set = train_set
+        if len(train_set) == 0:
+            raise NasSearchError("training set is empty: nothing to train on")
+        self.bf16 = use_bf16(self.device, cfg.amp)
+        self.channels_last = use_channels_last(self.device, cfg.channels_last)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.iters_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        self.total_iters = total_iterations(cfg, self.iters_per_epoch)
+        self.num_epochs = math.ceil(self.total_iters / self.iters_per_epoch)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.schedule, self.total_iters, self.iters_per_epoch
+        )
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    # -- paths
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.work_dir / "checkpoints" if self.work_dir is not None else None
+
+    def current_lr(self, iteration: int) -> float:
+        """Learning rate of non-bias parameters at optimiser step `iteration`."""
+        return self.cfg.optimizer.lr * lr_factor(
+            iteration, self.cfg.schedule, self.total_iters, self.iters_per_epoch
+        )
+
+    # -- main entry point
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to the configured length; with resume=True continue from work_dir/checkpoints/last.pth."""
+        started = time.perf_counter()
+        state = _RunState()
+        if resume:
+            self._restore(state)
+        writer = self._open_writer(purge_step=state.iteration if resume else None)
+        bar = self._open_bar(state.iteration)
+        status, message = "ok", ""
+        try:
+            self._train(state, writer, bar, started)
+        except _NonFiniteLoss as exc:
+            status, message = "nan", str(exc)
+            state.last_losses = exc.losses
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        if status == "ok":
+            message = f"trained {state.iteration} iterations ({state.epochs_completed} epochs)"
+        return TrainResult(
+            status=status,
+            message=message,
+            epochs_completed=state.epochs_completed,
+            iterations=state.iteration,
+            loss_history=list(state.loss_history),
+            last_losses=dict(state.last_losses),
+            metrics=dict(state.metrics),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _train(self, state: _RunState, writer: Any, bar: Any, started: float) -> None:
+        ipe, total = self.iters_per_epoch, self.total_iters
+        first_iteration = state.iteration
+        window: dict[str, float] = {}
+        window_steps = 0
+        while state.iteration < total:
+            epoch = state.iteration // ipe  # 0-based epoch in progress
+            self.model.train()
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(epoch)
+            loader = self._make_loader(epoch, start_batch=state.iteration - epoch * ipe)
+            epoch_sums: dict[str, float] = {}
+            epoch_steps = 0
+            lr = self.current_lr(state.iteration)
+            for images, targets in loader:
+                lr = self.current_lr(state.iteration)
+                losses = self._step(images, targets, state.iteration, epoch)
+                state.iteration += 1
+                state.loss_history.append(losses["loss"])
+                state.last_losses = losses
+                epoch_steps += 1
+                window_steps += 1
+                for key, value in losses.items():
+                    epoch_sums[key] = epoch_sums.get(key, 0.0) + value
+                    window[key] = window.get(key, 0.0) + value
+                if bar is not None:
+                    bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.3g}", refresh=False)
+                    bar.update(1)
+                if state.iteration % self.cfg.log_interval == 0 or state.iteration == total:
+                    means = {k: v / window_steps for k, v in window.items()}
+                    self._log_iteration(
+                        writer, bar, means, lr, epoch, state.iteration, first_iteration, started
+                    )
+                    window, window_steps = {}, 0
+                if state.iteration >= total:
+                    break
+            state.epochs_completed = epoch + 1
+            epoch_means = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
+            self._end_epoch(state, writer, epoch + 1, epoch_means, lr, started)
+
+    def _step(
+        self, images: torch.Tensor, targets: list[dict[str, Any]], iteration: int, epoch: int
+    ) -> dict[str, float]:
+        """One optimiser step; returns the loss values, or raises _NonFiniteLoss before touching weights."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [
+            {
+                **t,
+                "boxes": t["boxes"].to(self.device, non_blocking=True),
+                "labels": t["labels"].to(self.device, non_blocking=True),
+            }
+            for t in targets
+        ]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss_dict = self.model(images, targets)
+        if not isinstance(loss_dict, dict) or not loss_dict:
+            raise NasSearchError(
+                f"model returned {type(loss_dict).__name__} in training mode; expected a dict of loss_* tensors"
+            )
+        total = sum(value.float() for value in loss_dict.values())
+        # One device->host transfer for all values (also the NaN check).
+        values = torch.stack([total.detach()] + [v.detach().float() for v in loss_dict.values()])
+        numbers = values.tolist()
+        losses = {"loss": numbers[0], **dict(zip(loss_dict.keys(), numbers[1:], strict=True))}
+        if not math.isfinite(numbers[0]):
+            state_str = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            raise _NonFiniteLoss(
+                f"non-finite loss at iteration {iteration + 1} (epoch {epoch + 1}): {state_str}",
+                losses,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+    def _make_loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """This epoch's loader; a distributed trainer would swap the sampler for a per-rank one."""
+        sampler = EpochSampler(
+            len(self.train_set), self.seed, epoch, start=start_batch * self.cfg.batch_size
+        )
+        # The loader's own generator only seeds worker processes; keep it off the global RNG.
+        generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, 1))
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            collate_fn=functools.partial(collate_detection, size_divisor=self.size_divisor),
+            drop_last=False,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+        )
+
+    def _end_epoch(
+        self,
+        state: _RunState,
+        writer: Any,
+        epoch: int,
+        epoch_means: dict[str, float],
+        lr: float,
+        started: float,
+    ) -> None:
+        """Evaluate, checkpoint (before reporting, so a report can point at the checkpoint), then call back."""
+        is_last = state.iteration >= self.total_iters
+        interval = self.cfg.eval_interval
+        evaluated = False
+        if self.evaluator is not None and (is_last or (interval and epoch % interval == 0)):
+            state.metrics = {k: float(v) for k, v in self.evaluator(self.model, epoch).items()}
+            evaluated = True
+            self._record_metrics(writer, state.metrics, epoch, state.iteration)
+        if is_last or epoch % self.cfg.checkpoint_interval == 0:
+            self._save(state, epoch)
+        if self.on_epoch_end is not None:
+            info: dict[str, Any] = {
+                "epoch": epoch,
+                "iteration": state.iteration,
+                "lr": lr,
+                "seconds": time.perf_counter() - started,
+                **epoch_means,
+            }
+            if evaluated:
+                info.update(state.metrics)
+            self.on_epoch_end(epoch, info)
+
+    # -- checkpoints
+
+    def _save(self, state: _RunState, epoch: int) -> None:
+        """Write epoch_{epoch}.pth and last.pth (atomically) under work_dir/checkpoints."""
+        if self.checkpoint_dir is None or not self.is_main_process:
+            return
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.device.type == "cuda":  # this process's device only (no contexts on other GPUs)
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        content = {
+            "format": TRAINER_CHECKPOINT_FORMAT,
+            "version": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "iteration": state.iteration,
+            "iters_per_epoch": self.iters_per_epoch,
+            "seed": self.seed,
+            "rng": rng,
+            "loss_history": list(state.loss_history),
+            "last_losses": dict(state.last_losses),
+            "metrics": dict(state.metrics),
+            # A JSON string keeps the file loadable with torch.load(weights_only=True).
+            "config": self.cfg.model_dump_json(),
+        }
+        save_checkpoint(content, self.checkpoint_dir / f"epoch_{epoch}.pth")
+        save_checkpoint(content, self.checkpoint_dir / "last.pth")
+
+    def _restore(self, state: _RunState) -> None:
+        """Load last.pth into model, optimiser, scheduler, RNGs and the run state."""
+        if self.checkpoint_dir is None:
+            raise NasSearchError(
+                "resume: the trainer has no work_dir, so there is no checkpoint to resume"
+            )
+        path = self.checkpoint_dir / "last.pth"
+        ckpt = load_checkpoint(path)
+        if not is_trainer_checkpoint(ckpt):
+            raise NasSearchError(
+                f"checkpoint {path}: not a trainer checkpoint (no 'format' marker)"
+            )
+        for key in (
+            "model",
+            "optimizer",
+            "scheduler",
+            "epoch",
+            "iteration",
+            "iters_per_epoch",
+            "rng",
+        ):
+            if key not in ckpt:
+                raise NasSearchError(f"checkpoint {path}: missing key {key!r}")
+        if ckpt["iters_per_epoch"] != self.iters_per_epoch:
+            raise NasSearchError(
+                f"checkpoint {path}: iters_per_epoch {ckpt['iters_per_epoch']} differs from this run's "
+                f"{self.iters_per_epoch} (dataset size or batch_size changed)"
+            )
+        if ckpt.get("seed", self.seed) != self.seed:
+            raise NasSearchError(
+                f"checkpoint {path}: seed {ckpt['seed']} differs from this run's seed {self.seed}"
+            )
+        load_state_checked(self.model, ckpt["model"], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
+            raise NasSearchError(
+                f"checkpoint {path}: optimizer/scheduler state does not fit this model ({first_line})"
+            ) from exc
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        state.iteration = int(ckpt["iteration"])
+        state.epochs_completed = int(ckpt["epoch"])
+        state.loss_history = [float(v) for v in ckpt.get("loss_history", [])]
+        state.last_losses = dict(ckpt.get("last_losses", {}))
+        state.metrics = dict(ckpt.get("metrics", {}))
+        self._truncate_metrics_log(state.iteration)
+        self._emit(
+            f"resumed from {path} at iteration {state.iteration} (epoch {state.epochs_completed})"
+        )
+
+    # -- logging
+
+    def _emit(self, line: str) -> None:
+        if self.log is not None and self.is_main_process:
+            self.log(line)
+
+    def _open_writer(self, purge_step: int | None) -> Any:
+        if not (self.cfg.tensorboard and self.work_dir is not None and self.is_main_process):
+            return None
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
+
+        # purge_step drops events a crashed run wrote after the checkpoint we resume from.
+        return SummaryWriter(log_dir=str(self.work_dir / "tensorboard"), purge_step=purge_step)
+
+    def _open_bar(self, initial: int) -> Any:
+        if not (self.progress and self.is_main_process):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_iters, initial=initial, desc="train", dynamic_ncols=True)
+
+    def _log_iteration(
+        self,
+        writer: Any,
+        bar: Any,
+        means: dict[str, float],
+        lr: float,
+        epoch: int,
+        iteration: int,
+        first_iteration: int,
+        started: float,
+    ) -> None:
+        if writer is not None:
+            for key, value in means.items():
+                writer.add_scalar(f"train/{key}", value, iteration)
+            writer.add_scalar("train/lr", lr, iteration)
+        if bar is not None:
+            return
+        elapsed = time.perf_counter() - started
+        rate = (iteration - first_iteration) / max(elapsed, 1e-9)
+        eta = datetime.timedelta(seconds=round((self.total_iters - iteration) / max(rate, 1e-9)))
+        parts = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k != "loss")
+        self._emit(
+            f"epoch {epoch + 1}/{self.num_epochs} iter {iteration}/{self.total_iters} "
+            f"loss {means['loss']:.4f} ({parts}) lr {lr:.4g} {rate:.2f} it/s eta {eta}"
+        )
+
+    def _record_metrics(
+        self, writer: Any, metrics: dict[str, float], epoch: int, iteration: int
+    ) -> None:
+        if not self.is_main_process:
+            return
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(f"metrics/{key}", value, iteration)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        self._emit(f"epoch {epoch} evaluation: {shown}")
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"epoch": epoch, "iteration": iteration, **metrics}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _truncate_metrics_log(self, iteration: int) -> None:
+        """Drop metric lines a crashed run wrote after the checkpoint being resumed."""
+        if self.work_dir is None or not self.is_main_process:
+            return
+        path = self.work_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                if json.loads(line).get("iteration", 0) <= iteration:
+                    kept.append(line)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, path)
