@@ -1,0 +1,377 @@
+"""RetinaNet (Lin et al. 2017, "Focal Loss for Dense Object Detection") on any backbone and neck.
+
+The detector follows the Detector contract: `forward_features` takes backbone features so that a
+proxy trainer can feed cached features; training returns {"loss_cls", "loss_box"}, evaluation a
+list of {"boxes", "scores", "labels"} per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nassearch.detectors.anchors import AnchorGenerator
+from nassearch.detectors.boxes import DeltaXYWHCoder, batched_nms, box_iou, clip_boxes
+from nassearch.detectors.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
+from nassearch.errors import NasSearchError
+
+# Assignment codes for anchors that match no ground-truth box.
+NEGATIVE = -1
+IGNORE = -2
+
+_NORMS = (None, "bn", "gn")
+_BOX_LOSSES = ("smooth_l1", "l1", "giou")
+
+
+def _make_norm(norm: str, channels: int) -> nn.Module:
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    # GroupNorm with 32 groups (Wu & He 2018), fewer when the width is not a multiple of 32.
+    groups = math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels)
+
+
+class RetinaNetHead(nn.Module):
+    """Classification and box towers shared across pyramid levels (paper, section 4, Fig. 3).
+
+    Each tower is `num_convs` x (3x3 conv [+ norm] + ReLU). With `separate_norm_per_level` the conv
+    weights stay shared while every level gets its own norm layers, as in NAS-FPN's RetinaNet head.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        num_anchors: int = 9,
+        num_convs: int = 4,
+        feat_channels: int = 256,
+        norm: str | None = None,
+        separate_norm_per_level: bool = False,
+        num_levels: int = 5,
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if norm not in _NORMS:
+            raise NasSearchError(f"retinanet head: norm must be one of {_NORMS}, got {norm!r}")
+        if not 0 < prior_prob < 1:
+            raise NasSearchError(f"retinanet head: prior_prob must be in (0, 1), got {prior_prob}")
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.norm = norm
+        self.separate_norm_per_level = bool(separate_norm_per_level and norm is not None)
+        self.num_levels = num_levels
+        self.cls_convs = self._tower_convs(in_channels, feat_channels, num_convs)
+        self.box_convs = self._tower_convs(in_channels, feat_channels, num_convs)
+        self.cls_norms = self._tower_norms(feat_channels, num_convs)
+        self.box_norms = self._tower_norms(feat_channels, num_convs)
+        tower_out = feat_channels if num_convs > 0 else in_channels
+        self.cls_logits = nn.Conv2d(tower_out, num_anchors * num_classes, 3, padding=1)
+        self.box_deltas = nn.Conv2d(tower_out, num_anchors * 4, 3, padding=1)
+        self._init_weights(prior_prob)
+
+    def _tower_convs(self, in_channels: int, channels: int, num_convs: int) -> nn.ModuleList:
+        # A norm right after the conv makes the conv bias redundant.
+        bias = self.norm is None
+        return nn.ModuleList(
+            nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=bias)
+            for i in range(num_convs)
+        )
+
+    def _tower_norms(self, channels: int, num_convs: int) -> nn.ModuleList:
+        """Norm layers indexed [level][conv] (one shared "level" unless separate per level)."""
+        if self.norm is None:
+            return nn.ModuleList()
+        copies = self.num_levels if self.separate_norm_per_level else 1
+        return nn.ModuleList(
+            nn.ModuleList(_make_norm(self.norm, channels) for _ in range(num_convs))
+            for _ in range(copies)
+        )
+
+    def _init_weights(self, prior_prob: float) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Start every anchor at foreground probability ~prior_prob so the many easy negatives
+        # do not swamp the first iterations (paper, section 4.1 "Initialization").
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def _tower(self, x: Tensor, convs: nn.ModuleList, norms: nn.ModuleList, level: int) -> Tensor:
+        level_norms = norms[level if self.separate_norm_per_level else 0] if len(norms) else None
+        for i, conv in enumerate(convs):
+            x = conv(x)
+            if level_norms is not None:
+                x = level_norms[i](x)
+            x = torch.relu(x)
+        return x
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level: class logits [B, A*C, H, W] and box deltas [B, A*4, H, W]."""
+        if self.separate_norm_per_level and len(feats) != self.num_levels:
+            raise NasSearchError(
+                f"retinanet head: built with per-level norms for {self.num_levels} levels, "
+                f"got {len(feats)} feature maps"
+            )
+        cls_out, box_out = [], []
+        for level, x in enumerate(feats):
+            cls_out.append(self.cls_logits(self._tower(x, self.cls_convs, self.cls_norms, level)))
+            box_out.append(self.box_deltas(self._tower(x, self.box_convs, self.box_norms, level)))
+        return cls_out, box_out
+
+
+def assign_max_iou(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    pos_iou_thr: float = 0.5,
+    neg_iou_thr: float = 0.4,
+    min_pos_iou: float = 0.0,
+    allow_low_quality_matches: bool = True,
+) -> Tensor:
+    """Max-IoU assignment: per anchor, the index of its GT box, NEGATIVE (-1) or IGNORE (-2).
+
+    Anchors with max IoU >= pos_iou_thr are positive, < neg_iou_thr negative, in between ignored.
+    Low-quality matches: every GT box's best anchors (ties included) become positive when that
+    best IoU is >= min_pos_iou and > 0, so that no GT box is left without a positive anchor.
+    """
+    num_anchors = anchors.shape[0]
+    if gt_boxes.shape[0] == 0:
+        return torch.full((num_anchors,), NEGATIVE, dtype=torch.long, device=anchors.device)
+    iou = box_iou(gt_boxes.float(), anchors.float())  # [M, N]
+    max_iou, matched = iou.max(dim=0)
+    assigned = torch.full_like(matched, IGNORE)
+    assigned[max_iou < neg_iou_thr] = NEGATIVE
+    positive = max_iou >= pos_iou_thr
+    assigned[positive] = matched[positive]
+    if allow_low_quality_matches:
+        gt_best = iou.max(dim=1, keepdim=True).values  # [M, 1]
+        eligible = (gt_best >= min_pos_iou) & (gt_best > 0)
+        is_best = (iou == gt_best) & eligible  # [M, N]
+        # An anchor that is the best for several GT boxes takes the one it overlaps most.
+        best_gt = torch.where(is_best, iou, torch.full_like(iou, -1)).argmax(dim=0)
+        low_quality = is_best.any(dim=0)
+        assigned[low_quality] = best_gt[low_quality]
+    return assigned
+
+
+def _flatten_levels(outputs: Sequence[Tensor], last: int) -> Tensor:
+    """Per-level [B, A*K, H, W] -> [B, sum(H*W*A), K], location-major like the anchors."""
+    flat = []
+    for x in outputs:
+        b, _, h, w = x.shape
+        flat.append(x.reshape(b, -1, last, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, last))
+    return torch.cat(flat, dim=1)
+
+
+class RetinaNet(nn.Module):
+    """Single-stage anchor-based detector: backbone -> neck (P3-P7) -> shared RetinaNet head."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        num_classes: int,
+        *,
+        head: nn.Module | None = None,
+        head_kwargs: dict | None = None,
+        anchor_generator: AnchorGenerator | None = None,
+        pos_iou_thr: float = 0.5,
+        neg_iou_thr: float = 0.4,
+        min_pos_iou: float = 0.0,
+        allow_low_quality_matches: bool = True,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        box_loss: str = "smooth_l1",
+        smooth_l1_beta: float = 1.0 / 9,
+        box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        topk_candidates: int = 1000,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        if box_loss not in _BOX_LOSSES:
+            raise NasSearchError(
+                f"retinanet: box_loss must be one of {_BOX_LOSSES}, got {box_loss!r}"
+            )
+        if neg_iou_thr > pos_iou_thr:
+            raise NasSearchError(
+                f"retinanet: neg_iou_thr ({neg_iou_thr}) must not exceed pos_iou_thr ({pos_iou_thr})"
+            )
+        if head is not None and head_kwargs:
+            raise NasSearchError("retinanet: pass either head or head_kwargs, not both")
+        self.backbone = backbone
+        self.neck = neck
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        if head is None:
+            head = RetinaNetHead(
+                neck.out_channels,
+                num_classes,
+                num_anchors=self.anchor_generator.num_anchors,
+                **(head_kwargs or {}),
+            )
+        self.head = head
+        self.box_coder = DeltaXYWHCoder(box_coder_weights)
+        self.pos_iou_thr = pos_iou_thr
+        self.neg_iou_thr = neg_iou_thr
+        self.min_pos_iou = min_pos_iou
+        self.allow_low_quality_matches = allow_low_quality_matches
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.box_loss = box_loss
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.topk_candidates = topk_candidates
+        self.detections_per_img = detections_per_img
+
+    # ------------------------------------------------------------------------------ forward
+
+    def forward(self, images: Tensor, targets: list[dict] | None = None):
+        """Losses (training) or detections (eval) for a padded image batch [B, 3, H, W]."""
+        feats = self.backbone(images)
+        return self.forward_features(feats, tuple(images.shape[-2:]), targets)
+
+    def forward_features(
+        self,
+        feats: Sequence[Tensor],
+        image_shape: tuple[int, int],
+        targets: list[dict] | None = None,
+    ):
+        """Same as forward, from backbone features (lets a trainer reuse cached features)."""
+        outputs = self.head_outputs(feats)
+        if self.training:
+            if targets is None:
+                raise NasSearchError("retinanet: targets are required in training mode")
+            return self.loss(outputs, targets, image_shape)
+        return self.postprocess(outputs, image_shape, targets)
+
+    def head_outputs(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Raw per-level (class logits, box deltas) from backbone features, through neck and head."""
+        return self.head(self.neck(feats))
+
+    def anchors(self, outputs: tuple[list[Tensor], list[Tensor]]) -> Tensor:
+        """All anchors [N, 4] (float32) for the feature-map sizes of `outputs`, levels concatenated."""
+        cls_out = outputs[0]
+        shapes = [tuple(x.shape[-2:]) for x in cls_out]
+        return torch.cat(self.anchor_generator.grid_anchors(shapes, cls_out[0].device), dim=0)
+
+    # --------------------------------------------------------------------------------- loss
+
+    def loss(
+        self,
+        outputs: tuple[list[Tensor], list[Tensor]],
+        targets: list[dict],
+        image_shape: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """Focal loss over non-ignored anchors and box loss over positives, both / num positives."""
+        cls_logits = _flatten_levels(outputs[0], self.num_classes).float()  # [B, N, C]
+        box_deltas = _flatten_levels(outputs[1], 4).float()  # [B, N, 4]
+        anchors = self.anchors(outputs)
+        if len(targets) != cls_logits.shape[0]:
+            raise NasSearchError(
+                f"retinanet: got {len(targets)} targets for a batch of {cls_logits.shape[0]} images"
+            )
+        assigned = torch.stack(
+            [
+                assign_max_iou(
+                    anchors,
+                    t["boxes"].to(anchors.device),
+                    self.pos_iou_thr,
+                    self.neg_iou_thr,
+                    self.min_pos_iou,
+                    self.allow_low_quality_matches,
+                )
+                for t in targets
+            ]
+        )  # [B, N]
+        positive = assigned >= 0
+        num_pos = max(1.0, float(positive.sum()))
+
+        cls_targets = torch.zeros_like(cls_logits)
+        gt_boxes, pos_anchors = [], []
+        for i, t in enumerate(targets):
+            pos_i = positive[i]
+            matched = assigned[i, pos_i]
+            labels = t["labels"].to(anchors.device)[matched]
+            cls_targets[i, pos_i.nonzero(as_tuple=True)[0], labels] = 1.0
+            gt_boxes.append(t["boxes"].to(anchors.device).float()[matched])
+            pos_anchors.append(anchors[pos_i])
+        valid = assigned != IGNORE
+        loss_cls = sigmoid_focal_loss(
+            cls_logits[valid], cls_targets[valid], self.focal_alpha, self.focal_gamma, "sum"
+        )
+
+        gt_boxes_t = torch.cat(gt_boxes)
+        pos_anchors_t = torch.cat(pos_anchors)
+        pos_deltas = box_deltas[positive]  # same (image, anchor) order as the loop above
+        if self.box_loss == "giou":
+            pred = self.box_coder.decode(pos_deltas, pos_anchors_t)
+            loss_box = giou_loss(pred, gt_boxes_t, reduction="sum")
+        else:
+            target_deltas = self.box_coder.encode(gt_boxes_t, pos_anchors_t)
+            if self.box_loss == "l1":
+                loss_box = l1_loss(pos_deltas, target_deltas, reduction="sum")
+            else:
+                loss_box = smooth_l1_loss(pos_deltas, target_deltas, self.smooth_l1_beta, "sum")
+        return {"loss_cls": loss_cls / num_pos, "loss_box": loss_box / num_pos}
+
+    # -------------------------------------------------------------------------- postprocess
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        outputs: tuple[list[Tensor], list[Tensor]],
+        image_shape: tuple[int, int],
+        targets: list[dict] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image: threshold, per-level top-k, decode, clip, class-aware NMS."""
+        cls_out, box_out = outputs
+        level_anchors = self.anchor_generator.grid_anchors(
+            [tuple(x.shape[-2:]) for x in cls_out], cls_out[0].device
+        )
+        level_logits = [_flatten_levels([x], self.num_classes).float() for x in cls_out]
+        level_deltas = [_flatten_levels([x], 4).float() for x in box_out]
+        results = []
+        for i in range(cls_out[0].shape[0]):
+            size = tuple(image_shape)
+            if targets is not None and "img_size" in targets[i]:
+                size = tuple(targets[i]["img_size"])
+            boxes, scores, labels = [], [], []
+            for logits, deltas, anchors in zip(
+                level_logits, level_deltas, level_anchors, strict=True
+            ):
+                b, s, lab = self._level_candidates(logits[i], deltas[i], anchors)
+                boxes.append(b)
+                scores.append(s)
+                labels.append(lab)
+            boxes_t = clip_boxes(torch.cat(boxes), size)
+            scores_t, labels_t = torch.cat(scores), torch.cat(labels)
+            keep = batched_nms(boxes_t, scores_t, labels_t, self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            results.append(
+                {"boxes": boxes_t[keep], "scores": scores_t[keep], "labels": labels_t[keep]}
+            )
+        return results
+
+    def _level_candidates(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One image, one level: boxes, scores, labels of the top-k (anchor, class) pairs above threshold."""
+        scores = torch.sigmoid(logits).flatten()
+        candidates = (scores > self.score_thresh).nonzero(as_tuple=True)[0]
+        scores = scores[candidates]
+        k = min(self.topk_candidates, scores.numel())
+        scores, order = scores.topk(k)
+        candidates = candidates[order]
+        anchor_idx = torch.div(candidates, self.num_classes, rounding_mode="floor")
+        labels = candidates % self.num_classes
+        boxes = self.box_coder.decode(deltas[anchor_idx], anchors[anchor_idx])
+        return boxes, scores, labels
