@@ -257,7 +257,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise NasSearchError(f"--set {item!r}: value is not valid YAML ({_first_line(exc)})") from exc
+        raise NasSearchError(
+            f"--set {item!r}: value is not valid YAML ({_first_line(exc)})"
+        ) from exc
     return parts, value
 
 
@@ -293,7 +295,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise NasSearchError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+        raise NasSearchError(
+            f"{path}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -377,6 +381,11 @@ def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool
         raise NasSearchError(
             f"{source}: data.synthetic.min_object_size: {syn.min_object_size} exceeds "
             f"max_object_size {syn.max_object_size}"
+        )
+    if syn.max_object_size > syn.image_size:
+        raise NasSearchError(
+            f"{source}: data.synthetic.max_object_size: {syn.max_object_size} exceeds "
+            f"image_size {syn.image_size}"
         )
 
 

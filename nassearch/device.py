@@ -14,10 +14,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
-        raise NasSearchError(f"device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from exc
+        raise NasSearchError(
+            f"device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)"
+        ) from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise NasSearchError(f"device: {spec!r} requested but CUDA is not available on this machine")
+            raise NasSearchError(
+                f"device: {spec!r} requested but CUDA is not available on this machine"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise NasSearchError(
                 f"device: {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"

@@ -1,0 +1,148 @@
+"""`nassearch` command line: train, eval, summary, data synth.
+
+Every command turns bad input into one line on stderr (`error: <file>: <key>: <problem>`) and exit
+status 2; nothing else is printed as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nassearch.errors import NasSearchError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 model.backbone.depth=18",
+    )
+    p.add_argument("--name", help="run name (default: the config's `name`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nassearch", description="Neural architecture search for object detection."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a fixed architecture and report its COCO AP")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation set")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
+
+    p = sub.add_parser(
+        "summary", help="parameters and multiply-adds per part of a config's detector"
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--input-size", type=int, default=None, help="square input size (default: the config's)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    s = data_sub.add_parser("synth", help="write the synthetic COCO-format dataset to a folder")
+    s.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    s.add_argument("--num-train", type=int, default=400)
+    s.add_argument("--num-val", type=int, default=100)
+    s.add_argument("--image-size", type=int, default=160)
+    s.add_argument("--min-object-size", type=int, default=8)
+    s.add_argument(
+        "--max-object-size", type=int, default=None, help="default: min(128, --image-size)"
+    )
+    s.add_argument("--max-objects", type=int, default=6)
+    s.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _load(args: argparse.Namespace, *, require_data: bool = True):
+    from nassearch.config import load_config
+
+    overrides = list(args.overrides)
+    if args.name:
+        overrides.append(f"name={args.name}")
+    return load_config(args.config, overrides, require_data=require_data)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nassearch.train import run_train
+
+    summary = run_train(_load(args), resume=args.resume)
+    return 0 if summary["status"] == "ok" else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nassearch.train import run_eval
+
+    run_eval(_load(args), args.checkpoint)
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from nassearch.summary import format_summary, summarize
+
+    cfg = _load(args, require_data=False)
+    result = summarize(cfg, input_size=args.input_size)
+    print(json.dumps(result, indent=2) if args.json else format_summary(result))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from nassearch.data.synthetic import generate_synthetic
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NasSearchError(f"--out {out}: exists and is not an empty folder; choose a new one")
+    for flag, value in (("--num-train", args.num_train), ("--num-val", args.num_val)):
+        if value < 1:
+            raise NasSearchError(f"{flag}: must be at least 1, got {value}")
+    if args.image_size < 32:
+        raise NasSearchError(f"--image-size: must be at least 32, got {args.image_size}")
+    root = generate_synthetic(
+        out,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        min_object_size=args.min_object_size,
+        max_object_size=args.max_object_size or min(128, args.image_size),
+        max_objects=args.max_objects,
+        seed=args.seed,
+    )
+    print(
+        f"synthetic dataset written to {root} ({args.num_train} train, {args.num_val} val images)"
+    )
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "summary": cmd_summary, "data": cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NasSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Training and evaluation of fixed architectures: what `nassearch train` and `nassearch eval` run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from torch import nn
+
+from nassearch.config import ExperimentConfig, save_config
+from nassearch.data.build import build_dataset
+from nassearch.data.coco import CocoDetection
+from nassearch.detectors.build import build_detector
+from nassearch.device import resolve_device
+from nassearch.errors import NasSearchError
+from nassearch.proxy_eval.checkpoint import load_model_weights
+from nassearch.proxy_eval.evaluate import evaluate_detector
+from nassearch.proxy_eval.trainer import Trainer
+
+METRIC_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+
+
+def resolve_num_classes(cfg: ExperimentConfig, dataset: CocoDetection) -> int:
+    """The dataset decides the class count; a config value must agree with it."""
+    found = len(dataset.cat_ids)
+    wanted = cfg.model.num_classes
+    if wanted is not None and wanted != found:
+        raise NasSearchError(
+            f"model.num_classes: {wanted} given but the dataset has {found} categories"
+        )
+    return found
+
+
+def build_model_and_data(
+    cfg: ExperimentConfig, *, with_train: bool = True
+) -> tuple[nn.Module, CocoDetection | None, CocoDetection]:
+    """Validation set, optional training set, and the detector sized for their categories."""
+    val_set = build_dataset(cfg, "val", train=False)
+    train_set = build_dataset(cfg, "train", train=True) if with_train else None
+    if train_set is not None and train_set.cat_ids != val_set.cat_ids:
+        raise NasSearchError(
+            "data: training and validation annotation files list different categories "
+            f"({len(train_set.cat_ids)} vs {len(val_set.cat_ids)})"
+        )
+    model = build_detector(cfg.model, resolve_num_classes(cfg, val_set))
+    return model, train_set, val_set
+
+
+def run_train(cfg: ExperimentConfig, *, resume: bool = False, log=print) -> dict:
+    """Train `cfg`'s detector, evaluate it on the validation set, and write metrics.json to the run folder."""
+    run_dir = cfg.run_dir()
+    last = run_dir / "checkpoints" / "last.pth"
+    if resume and not last.is_file():
+        raise NasSearchError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and last.exists():
+        raise NasSearchError(
+            f"{run_dir}: already holds a training run; pass --resume to continue it or --name to start another"
+        )
+    device = resolve_device(cfg.device)
+    model, train_set, val_set = build_model_and_data(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log(
+        f"training {cfg.model.type} (ResNet-{cfg.model.backbone.depth}) on {len(train_set)} images, "
+        f"{len(val_set)} for validation, device {device}; outputs in {run_dir}"
+    )
+
+    def evaluator(m: nn.Module, epoch: int) -> dict[str, float]:
+        return evaluate_detector(
+            m,
+            val_set,
+            device=device,
+            batch_size=cfg.eval.batch_size,
+            size_divisor=cfg.input.size_divisor,
+        )
+
+    start = time.time()
+    trainer = Trainer(
+        model,
+        train_set,
+        cfg.train,
+        device=device,
+        seed=cfg.seed,
+        work_dir=run_dir,
+        size_divisor=cfg.input.size_divisor,
+        evaluator=evaluator,
+        log=log,
+    )
+    result = trainer.fit(resume=resume)
+    summary = {
+        "name": cfg.name,
+        "status": result.status,
+        "message": result.message,
+        "epochs_completed": result.epochs_completed,
+        "iterations": result.iterations,
+        "seconds": round(time.time() - start, 1),
+        "final_losses": result.last_losses,
+        "metrics": result.metrics,
+    }
+    _write_json(run_dir / "metrics.json", summary)
+    if result.status != "ok":
+        log(f"training stopped: {result.status}: {result.message}")
+    elif result.metrics:
+        log(format_metrics(result.metrics))
+    log(f"metrics written to {run_dir / 'metrics.json'}")
+    return summary
+
+
+def run_eval(cfg: ExperimentConfig, checkpoint: str | Path, *, log=print) -> dict:
+    """Evaluate a checkpoint on the validation set of `cfg`; writes eval.json beside the checkpoint."""
+    checkpoint = Path(checkpoint)
+    device = resolve_device(cfg.device)
+    model, _, val_set = build_model_and_data(cfg, with_train=False)
+    load_model_weights(model, checkpoint)
+    model.to(device)
+    metrics = evaluate_detector(
+        model,
+        val_set,
+        device=device,
+        batch_size=cfg.eval.batch_size,
+        size_divisor=cfg.input.size_divisor,
+    )
+    log(format_metrics(metrics))
+    out = checkpoint.with_name(checkpoint.stem + ".eval.json")
+    _write_json(out, {"checkpoint": str(checkpoint), "images": len(val_set), "metrics": metrics})
+    log(f"metrics written to {out}")
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """COCO bbox metrics as a two-line table in percent; `-` where COCO has no ground truth (-1)."""
+    names = [n for n in METRIC_NAMES if n in metrics]
+    head = " ".join(f"{n:>6}" for n in names)
+    vals = " ".join(f"{100 * metrics[n]:6.1f}" if metrics[n] >= 0 else f"{'-':>6}" for n in names)
+    return f"COCO bbox (%)\n{head}\n{vals}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
