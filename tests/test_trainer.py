@@ -13,13 +13,13 @@ from nassearch.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval import checkpoint as ckpt_io
 from nassearch.proxy_eval.checkpoint import load_checkpoint, load_model_weights
-from nassearch.proxy_eval.trainer import (
-    Trainer,
+from nassearch.proxy_eval.optim import (
     build_optimizer,
     build_scheduler,
     param_groups,
     total_iterations,
 )
+from nassearch.proxy_eval.trainer import Trainer
 
 CPU = torch.device("cpu")
 
