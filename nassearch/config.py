@@ -103,12 +103,20 @@ class BackboneConfig(Strict):
 
 
 class NeckConfig(Strict):
-    type: Literal["fpn"] = "fpn"
+    """The neck: plain `fpn`, or a searched one (`nasfpn`, `nasfcos`) built from `model.genotype`."""
+
+    type: Literal["fpn", "nasfpn", "nasfcos"] = "fpn"
     out_channels: int = Field(256, ge=8)
-    # P6 from C5 ("input") or from P5 ("output"); None: the detector's convention (RetinaNet: input,
-    # FCOS: output).
+    # fpn: P6 from C5 ("input") or from P5 ("output"); None: the detector's convention (RetinaNet:
+    # input, FCOS: output).
     extra_source: Literal["input", "output"] | None = None
     norm: Literal["bn", "gn"] | None = None
+    # nasfpn: pyramids stacked with independent weights (paper R-50 model: 7; proxy task: 3), and
+    # which reference implementation to follow (Google's TensorFlow code, or mmdetection's).
+    stacks: int = Field(1, ge=1)
+    style: Literal["tensorflow", "mmdet"] = "tensorflow"
+    # nasfcos: in-cell upsampling (official code: bilinear; mmdetection: nearest).
+    upsample: Literal["bilinear", "nearest"] = "bilinear"
 
 
 class RetinaNetConfig(Strict):
@@ -116,6 +124,9 @@ class RetinaNetConfig(Strict):
     num_classes: int | None = Field(None, ge=1)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     neck: NeckConfig = Field(default_factory=NeckConfig)
+    # The searched architecture when neck.type is a search space: a named genotype of that space
+    # (PAPER, FPN, PAPER_FPN_ONLY), a genotype mapping, or the path of an exported arch-k.yaml.
+    genotype: str | dict[str, Any] | None = None
     num_convs: int = Field(4, ge=0)
     feat_channels: int = Field(256, ge=8)
     head_norm: Literal["bn", "gn"] | None = None
@@ -143,6 +154,9 @@ class FCOSConfig(Strict):
     num_classes: int | None = Field(None, ge=1)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     neck: NeckConfig = Field(default_factory=NeckConfig)
+    # The searched architecture when neck.type is a search space: a named genotype of that space
+    # (PAPER, FPN, PAPER_FPN_ONLY), a genotype mapping, or the path of an exported arch-k.yaml.
+    genotype: str | dict[str, Any] | None = None
     num_convs: int = Field(4, ge=0)
     feat_channels: int = Field(256, ge=8)
     head_norm: Literal["bn", "gn"] | None = "gn"
@@ -373,6 +387,7 @@ def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool
             f"{source}: model.neg_iou_thr: {cfg.model.neg_iou_thr} is above model.pos_iou_thr "
             f"{cfg.model.pos_iou_thr}"
         )
+    _check_genotype(cfg, source)
     lo, hi = cfg.input.scale_range
     if not 0 < lo <= hi:
         raise NasSearchError(f"{source}: input.scale_range: need 0 < low <= high, got {[lo, hi]}")
@@ -386,6 +401,33 @@ def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool
         raise NasSearchError(
             f"{source}: data.synthetic.max_object_size: {syn.max_object_size} exceeds "
             f"image_size {syn.image_size}"
+        )
+
+
+def _check_genotype(cfg: ExperimentConfig, source: str) -> None:
+    """A searched neck needs a genotype that its space accepts; a plain FPN takes none."""
+    model = cfg.model
+    if model.neck.type == "fpn":
+        if model.genotype is not None:
+            raise NasSearchError(
+                f"{source}: model.genotype: given, but model.neck.type is fpn "
+                "(use nasfpn or nasfcos to build a searched neck)"
+            )
+        return
+    if model.genotype is None:
+        raise NasSearchError(
+            f"{source}: model.genotype: required when model.neck.type is {model.neck.type} "
+            "(e.g. PAPER, or the arch-k.yaml of an exported architecture)"
+        )
+    from nassearch.search_spaces import resolve_genotype
+
+    try:
+        genotype = resolve_genotype(model.genotype, model.neck.type)
+    except NasSearchError as exc:
+        raise NasSearchError(f"{source}: model.genotype: {exc}") from None
+    if getattr(genotype, "head", None) is not None and model.type != "fcos":
+        raise NasSearchError(
+            f"{source}: model.genotype: searches a NAS-FCOS head, which needs model.type fcos"
         )
 
 

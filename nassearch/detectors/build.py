@@ -10,8 +10,18 @@ from nassearch.detectors.backbones import ResNet, build_backbone
 from nassearch.detectors.fcos import FCOS, FCOSHead
 from nassearch.detectors.fpn import FPN
 from nassearch.detectors.retinanet import RetinaNet, RetinaNetHead
+from nassearch.search_spaces import Genotype, get_space, resolve_genotype
 
 STRIDES = (8, 16, 32, 64, 128)
+# NAS-FCOS's decoder also reads C2 (stride 4); the others start at C3.
+BACKBONE_LEVELS = {"fpn": (2, 3, 4), "nasfpn": (2, 3, 4), "nasfcos": (1, 2, 3, 4)}
+
+
+def model_genotype(cfg: RetinaNetConfig | FCOSConfig) -> Genotype | None:
+    """The searched architecture a model config names (None for a plain FPN)."""
+    if cfg.neck.type == "fpn":
+        return None
+    return resolve_genotype(cfg.genotype, cfg.neck.type)
 
 
 def backbone_from_config(cfg: BackboneConfig, out_indices: tuple[int, ...] = (2, 3, 4)) -> ResNet:
@@ -26,19 +36,30 @@ def backbone_from_config(cfg: BackboneConfig, out_indices: tuple[int, ...] = (2,
     )
 
 
-def neck_from_config(cfg: NeckConfig, in_channels: list[int], default_extra: str) -> FPN:
-    return FPN(
-        in_channels,
-        out_channels=cfg.out_channels,
-        num_outs=len(STRIDES),
-        extra_source=cfg.extra_source or default_extra,
-        norm=cfg.norm,
-    )
+def neck_from_config(
+    cfg: NeckConfig, in_channels: list[int], default_extra: str, genotype: Genotype | None
+) -> nn.Module:
+    """Plain FPN, or the searched neck of `genotype` (NAS-FPN pyramid stack, NAS-FCOS decoder)."""
+    if cfg.type == "fpn":
+        return FPN(
+            in_channels,
+            out_channels=cfg.out_channels,
+            num_outs=len(STRIDES),
+            extra_source=cfg.extra_source or default_extra,
+            norm=cfg.norm,
+        )
+    space = get_space(cfg.type)
+    if cfg.type == "nasfpn":
+        return space.build_neck(
+            genotype, in_channels, cfg.out_channels, stacks=cfg.stacks, style=cfg.style
+        )
+    return space.build_neck(genotype, in_channels, cfg.out_channels, upsample=cfg.upsample)
 
 
 def build_retinanet(cfg: RetinaNetConfig, num_classes: int) -> RetinaNet:
-    backbone = backbone_from_config(cfg.backbone)
-    neck = neck_from_config(cfg.neck, backbone.out_channels, "input")
+    genotype = model_genotype(cfg)
+    backbone = backbone_from_config(cfg.backbone, BACKBONE_LEVELS[cfg.neck.type])
+    neck = neck_from_config(cfg.neck, backbone.out_channels, "input", genotype)
     anchors = AnchorGenerator(
         strides=STRIDES,
         octave_base_scale=cfg.octave_base_scale,
@@ -76,18 +97,25 @@ def build_retinanet(cfg: RetinaNetConfig, num_classes: int) -> RetinaNet:
 
 
 def build_fcos(cfg: FCOSConfig, num_classes: int) -> FCOS:
-    backbone = backbone_from_config(cfg.backbone)
-    neck = neck_from_config(cfg.neck, backbone.out_channels, "output")
-    head = FCOSHead(
-        neck.out_channels,
-        num_classes,
-        num_convs=cfg.num_convs,
-        feat_channels=cfg.feat_channels,
-        norm=cfg.head_norm,
-        centerness_on=cfg.centerness_on,
-        num_levels=len(STRIDES),
-        strides=STRIDES,
-    )
+    genotype = model_genotype(cfg)
+    backbone = backbone_from_config(cfg.backbone, BACKBONE_LEVELS[cfg.neck.type])
+    neck = neck_from_config(cfg.neck, backbone.out_channels, "output", genotype)
+    if getattr(genotype, "head", None) is not None:
+        # NAS-FCOS's searched head replaces the stock 4-conv towers (same outputs).
+        head = get_space("nasfcos").build_head(
+            genotype, neck.out_channels, num_classes, strides=STRIDES, num_levels=len(STRIDES)
+        )
+    else:
+        head = FCOSHead(
+            neck.out_channels,
+            num_classes,
+            num_convs=cfg.num_convs,
+            feat_channels=cfg.feat_channels,
+            norm=cfg.head_norm,
+            centerness_on=cfg.centerness_on,
+            num_levels=len(STRIDES),
+            strides=STRIDES,
+        )
     return FCOS(
         backbone,
         neck,
