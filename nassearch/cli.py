@@ -1,4 +1,4 @@
-"""`nassearch` command line: train, eval, summary, data synth.
+"""`nassearch` command line: train, eval, summary, show, data synth.
 
 Every command turns bad input into one line on stderr (`error: <file>: <key>: <problem>`) and exit
 status 2; nothing else is printed as a traceback.
@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    p = sub.add_parser("show", help="draw a searched architecture (genotype) as a picture")
+    p.add_argument(
+        "source",
+        metavar="GENOTYPE_OR_CONFIG",
+        help="SPACE:NAME (e.g. nasfpn:PAPER), an arch/genotype YAML, or an experiment config",
+    )
+    p.add_argument("--out", required=True, help="image file (.png, .pdf or .svg)")
+
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     s = data_sub.add_parser("synth", help="write the synthetic COCO-format dataset to a folder")
@@ -102,6 +110,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from nassearch.show import draw, load_genotype
+
+    if Path(args.out).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise NasSearchError(f"--out {args.out}: use a .png, .pdf or .svg file name")
+    genotype, context = load_genotype(args.source)
+    out = draw(genotype, args.out, **context)
+    print(f"{genotype.space} architecture {genotype.key()} drawn to {out}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from nassearch.data.synthetic import generate_synthetic
 
@@ -129,7 +148,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "summary": cmd_summary, "data": cmd_data}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "summary": cmd_summary,
+    "show": cmd_show,
+    "data": cmd_data,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from nassearch.config import ExperimentConfig
-from nassearch.detectors.build import build_detector
+from nassearch.detectors.build import build_detector, model_genotype
 from nassearch.detectors.complexity import PARTS, measure_complexity
 
 COCO_CLASSES = 80
@@ -39,10 +39,13 @@ def summarize(cfg: ExperimentConfig, input_size: int | None = None) -> dict:
     num_classes = default_num_classes(cfg)
     model = build_detector(cfg.model, num_classes)
     cost = measure_complexity(model, size)
+    genotype = model_genotype(cfg.model)
     return {
         "name": cfg.name,
         "detector": cfg.model.type,
         "backbone": f"ResNet-{cfg.model.backbone.depth}",
+        "neck": cfg.model.neck.type,
+        "genotype_key": genotype.key() if genotype is not None else None,
         "num_classes": num_classes,
         **cost.to_dict(),
     }
@@ -50,8 +53,11 @@ def summarize(cfg: ExperimentConfig, input_size: int | None = None) -> dict:
 
 def format_summary(result: dict) -> str:
     h, w = result["input_size"]
+    neck = result["neck"]
+    if result.get("genotype_key"):
+        neck += f" (genotype {result['genotype_key']})"
     lines = [
-        f"{result['name']}: {result['detector']} with {result['backbone']}, "
+        f"{result['name']}: {result['detector']} with {result['backbone']} and {neck}, "
         f"{result['num_classes']} classes, input {h}x{w}",
         f"{'part':<10}{'parameters':>14}{'GMACs':>10}",
     ]
