@@ -130,5 +130,7 @@ class SearchSpace(ABC):
     def build_neck(self, genotype: Genotype, in_channels: Sequence[int], out_channels: int, **opts):
         raise NasSearchError(f"space {self.name} does not search a neck")
 
-    def build_head(self, genotype: Genotype, in_channels: int, num_classes: int, **opts) -> nn.Module:
+    def build_head(
+        self, genotype: Genotype, in_channels: int, num_classes: int, **opts
+    ) -> nn.Module:
         raise NasSearchError(f"space {self.name} does not search a head")
