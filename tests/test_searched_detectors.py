@@ -28,7 +28,9 @@ def summary_json(capsys, config: Path, *overrides: str) -> dict:
 
 def test_retinanet_nasfpn_mmdet_style_matches_mmdetection(capsys):
     # mmdetection's RetinaNet R-50 + NAS-FPN (7 stacks x 256, RetinaSepBNHead, 80 classes).
-    out = summary_json(capsys, RETRAIN / "retinanet_r50_nasfpn_7x256.yaml", "model.neck.style=mmdet")
+    out = summary_json(
+        capsys, RETRAIN / "retinanet_r50_nasfpn_7x256.yaml", "model.neck.style=mmdet"
+    )
     assert out["params"] == {
         "backbone": R50_BACKBONE,
         "neck": 29_990_144,
@@ -106,7 +108,10 @@ def write_cfg(tmp_path: Path, model: dict) -> Path:
         ({"neck": {"type": "nasfpn"}}, "model.genotype: required"),
         ({"genotype": "PAPER"}, "model.genotype: given, but model.neck.type is fpn"),
         ({"neck": {"type": "nasfpn"}, "genotype": "NOPE"}, "unknown genotype 'NOPE'"),
-        ({"type": "retinanet", "neck": {"type": "nasfcos"}, "genotype": "PAPER"}, "model.type fcos"),
+        (
+            {"type": "retinanet", "neck": {"type": "nasfcos"}, "genotype": "PAPER"},
+            "model.type fcos",
+        ),
         ({"neck": {"type": "nasfpn"}, "genotype": "missing.yaml"}, "missing.yaml"),
     ],
 )
@@ -126,7 +131,11 @@ def test_genotype_from_an_exported_arch_file(tmp_path, capsys):
     arch.write_text(yaml.safe_dump({"space": "nasfpn", "genotype": PAPER.to_dict()}))
     path = write_cfg(
         tmp_path,
-        {"backbone": {"depth": 10}, "neck": {"type": "nasfpn", "out_channels": 32}, "genotype": str(arch)},
+        {
+            "backbone": {"depth": 10},
+            "neck": {"type": "nasfpn", "out_channels": 32},
+            "genotype": str(arch),
+        },
     )
     by_file = summary_json(capsys, path)
     path.write_text(
