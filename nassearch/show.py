@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from nassearch.errors import NasSearchError
@@ -243,5 +244,134 @@ def _legend(ax, plt, patches, lines) -> None:
     )
 
 
+SHORT_OPS = {
+    "sep_conv_3x3": "sep3",
+    "sep_conv_3x3_dil3": "sep3 d3",
+    "sep_conv_5x5_dil6": "sep5 d6",
+    "skip_connect": "skip",
+    "def_conv_3x3": "dcn3",
+    "conv1x1": "conv1",
+    "conv3x3": "conv3",
+}
+
+
 def _draw_nasfcos(plt, genotype, title: str):
-    raise NasSearchError("drawing NAS-FCOS genotypes is not available yet")
+    from nassearch.search_spaces.nasfcos import (
+        BACKBONE_STRIDES,
+        NUM_BACKBONE,
+        cell_strides,
+        fpn_leaves,
+    )
+
+    panels = [p for p in ("fpn", "head") if getattr(genotype, p) is not None]
+    heights = [7.0 if p == "fpn" else 2.2 for p in panels]
+    ys = 1.8  # vertical spacing of stride rows (edges between same-stride cells need room)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(16, sum(heights)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        if panel == "fpn":
+            cells = genotype.fpn
+            strides = list(BACKBONE_STRIDES) + cell_strides(cells)
+            pos = {i: (0.0, ys * float(np.log2(s))) for i, s in enumerate(BACKBONE_STRIDES)}
+            for k in range(len(cells)):
+                pos[NUM_BACKBONE + k] = (
+                    (k + 1) * 2.0,
+                    ys * float(np.log2(strides[NUM_BACKBONE + k])),
+                )
+            for k, (in1, in2, op1, op2, _agg) in enumerate(cells):
+                target = pos[NUM_BACKBONE + k]
+                for j, (src, op) in enumerate(((in1, op1), (in2, op2))):
+                    others = [p for i, p in pos.items() if i not in (src, NUM_BACKBONE + k)]
+                    rad = 0.0
+                    if in1 == in2:
+                        rad = 0.3 if j else -0.3
+                    elif _blocked(pos[src], target, others):
+                        rad = -0.3
+                    _edge(ax, pos[src], target, label=SHORT_OPS[op], rad=rad)
+            leaves = fpn_leaves(cells)
+            out_x = (len(cells) + 1) * 2.0 + 0.4
+            outputs = dict(zip(leaves[-3:], (5, 4, 3), strict=True))
+            for leaf, level in outputs.items():
+                _edge(ax, pos[leaf], (out_x, ys * level))
+                for extra in leaves[:-3]:
+                    _edge(
+                        ax,
+                        pos[extra],
+                        (out_x, ys * level),
+                        color=COLORS["unused"],
+                        dashed=True,
+                        rad=0.15,
+                    )
+            for i, name in enumerate(("C2", "C3", "C4", "C5")):
+                _node(ax, *pos[i], name, COLORS["input"])
+            for k, cell in enumerate(cells):
+                _node(
+                    ax, *pos[NUM_BACKBONE + k], "+" if cell[4] == "psum" else "cat", COLORS["cell"]
+                )
+                x, y = pos[NUM_BACKBONE + k]
+                ax.text(x, y - 0.45, f"cell {k + 1}", ha="center", va="top", fontsize=7)
+            for level in (3, 4, 5):
+                _node(ax, out_x, ys * level, f"P{level}", COLORS["output"])
+            ax.set_yticks([ys * v for v in (2, 3, 4, 5)], [f"stride {2**v}" for v in (2, 3, 4, 5)])
+            ax.set_xticks([])
+            ax.set_xlim(-0.8, out_x + 0.8)
+            ax.set_ylim(ys * 2 - 0.8, ys * 5 + 1.2)
+            ax.set_aspect("equal")
+            for side in ("top", "right", "bottom"):
+                ax.spines[side].set_visible(False)
+            _legend(
+                ax,
+                plt,
+                [
+                    (COLORS["input"], "backbone map"),
+                    (COLORS["cell"], "cell (+ = psum, cat)"),
+                    (COLORS["output"], "output level"),
+                ],
+                [
+                    ("solid", COLORS["edge"], "op on the input"),
+                    ("dashed", COLORS["unused"], "extra leaf added"),
+                ],
+            )
+            ax.set_title(
+                f"NAS-FCOS {title}: FPN (leaves -> P5, P4, P3 oldest first; P6, P7 by stride-2 convs on P5)",
+                fontsize=9,
+            )
+        else:
+            head = genotype.head
+            for i, op in enumerate(head.ops):
+                shared = i >= head.share
+                _node(
+                    ax,
+                    i * 1.6,
+                    0.0,
+                    SHORT_OPS.get(op, op),
+                    COLORS["output"] if shared else COLORS["input"],
+                    size=0.45,
+                    box=True,
+                )
+                if i:
+                    _edge(ax, ((i - 1) * 1.6 + 0.35, 0.0), (i * 1.6 - 0.35, 0.0))
+            if 0 < head.share < len(head.ops):
+                x = (head.share - 0.5) * 1.6
+                ax.axvline(x, color=COLORS["unused"], ls="--", lw=1)
+            ax.set_xlim(-1.0, len(head.ops) * 1.6)
+            ax.set_ylim(-1.0, 1.0)
+            ax.set_aspect("equal")
+            ax.axis("off")
+            _legend(
+                ax,
+                plt,
+                [(COLORS["input"], "per-level copy"), (COLORS["output"], "shared across levels")],
+                [],
+            )
+            ax.set_title(
+                f"head (classification and regression branches, separate weights; share index {head.share}), "
+                "each op + GN + ReLU, then FCOS predictors",
+                fontsize=9,
+            )
+    return fig

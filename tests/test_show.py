@@ -63,3 +63,18 @@ def test_show_refuses_plain_fpn_configs_and_bad_suffix(tmp_path, capsys):
         load_genotype(str(cfg))
     assert main(["show", "nasfpn:PAPER", "--out", str(tmp_path / "x.jpg")]) == EXIT_BAD_INPUT
     assert ".png" in capsys.readouterr().err
+
+
+def test_show_nasfcos_paper_and_fpn_only(tmp_path):
+    from nassearch.search_spaces.nasfcos import PAPER as FCOS_PAPER
+
+    genotype, _ = load_genotype(str(RETRAIN / "fcos_r50_nasfcos.yaml"))
+    assert genotype == FCOS_PAPER
+    sizes = []
+    for name in ("PAPER", "PAPER_FPN_ONLY"):
+        out = tmp_path / f"{name}.png"
+        assert main(["show", f"nasfcos:{name}", "--out", str(out)]) == 0
+        with Image.open(out) as image:
+            sizes.append(image.size)
+    # The searched head adds a panel below the FPN.
+    assert sizes[0][1] > sizes[1][1]
