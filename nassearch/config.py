@@ -119,8 +119,9 @@ class NeckConfig(Strict):
     upsample: Literal["bilinear", "nearest"] = "bilinear"
 
 
-class RetinaNetConfig(Strict):
-    type: Literal["retinanet"] = "retinanet"
+class DetectorConfig(Strict):
+    """What every detector section has: backbone, neck (plain or searched), head size, focal loss, inference."""
+
     num_classes: int | None = Field(None, ge=1)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     neck: NeckConfig = Field(default_factory=NeckConfig)
@@ -130,6 +131,17 @@ class RetinaNetConfig(Strict):
     num_convs: int = Field(4, ge=0)
     feat_channels: int = Field(256, ge=8)
     head_norm: Literal["bn", "gn"] | None = None
+    focal_alpha: float = 0.25
+    # 1.5 in NAS-FPN (TF), 2.0 in mmdetection.
+    focal_gamma: float = Field(2.0, ge=0)
+    score_thresh: float = Field(0.05, ge=0, le=1)
+    nms_thresh: float = Field(0.5, gt=0, le=1)
+    topk_candidates: int = Field(1000, ge=1)
+    detections_per_img: int = Field(100, ge=1)
+
+
+class RetinaNetConfig(DetectorConfig):
+    type: Literal["retinanet"] = "retinanet"
     # NAS-FPN's head: conv weights shared across levels, a separate BatchNorm per level.
     separate_norm_per_level: bool = False
     octave_base_scale: float = Field(4.0, gt=0)
@@ -138,27 +150,12 @@ class RetinaNetConfig(Strict):
     pos_iou_thr: float = Field(0.5, gt=0, le=1)
     neg_iou_thr: float = Field(0.4, ge=0, le=1)
     min_pos_iou: float = Field(0.0, ge=0, le=1)
-    focal_alpha: float = 0.25
-    # 1.5 in NAS-FPN (TF), 2.0 in mmdetection's RetinaNet.
-    focal_gamma: float = Field(2.0, ge=0)
     box_loss: Literal["smooth_l1", "l1", "giou"] = "l1"
     smooth_l1_beta: float = Field(0.11, gt=0)
-    score_thresh: float = Field(0.05, ge=0, le=1)
-    nms_thresh: float = Field(0.5, gt=0, le=1)
-    topk_candidates: int = Field(1000, ge=1)
-    detections_per_img: int = Field(100, ge=1)
 
 
-class FCOSConfig(Strict):
+class FCOSConfig(DetectorConfig):
     type: Literal["fcos"] = "fcos"
-    num_classes: int | None = Field(None, ge=1)
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    neck: NeckConfig = Field(default_factory=NeckConfig)
-    # The searched architecture when neck.type is a search space: a named genotype of that space
-    # (PAPER, FPN, PAPER_FPN_ONLY), a genotype mapping, or the path of an exported arch-k.yaml.
-    genotype: str | dict[str, Any] | None = None
-    num_convs: int = Field(4, ge=0)
-    feat_channels: int = Field(256, ge=8)
     head_norm: Literal["bn", "gn"] | None = "gn"
     centerness_on: Literal["cls", "reg"] = "cls"
     regress_ranges: list[tuple[float, float]] = Field(
@@ -166,13 +163,8 @@ class FCOSConfig(Strict):
     )
     center_sampling: bool = False
     center_sampling_radius: float = Field(1.5, gt=0)
-    focal_alpha: float = 0.25
-    focal_gamma: float = Field(2.0, ge=0)
     box_loss: Literal["log", "linear", "giou"] = "giou"
-    score_thresh: float = Field(0.05, ge=0, le=1)
     nms_thresh: float = Field(0.6, gt=0, le=1)
-    topk_candidates: int = Field(1000, ge=1)
-    detections_per_img: int = Field(100, ge=1)
 
 
 def _model_tag(value: Any) -> str | None:

@@ -15,23 +15,8 @@ from nassearch.detectors.build import build_detector
 from nassearch.device import resolve_device
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.checkpoint import load_model_weights
-from nassearch.proxy_eval.evaluate import evaluate_detector
+from nassearch.proxy_eval.evaluate import COCO_METRIC_NAMES, evaluate_detector
 from nassearch.proxy_eval.trainer import Trainer
-
-METRIC_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
 
 
 def resolve_num_classes(cfg: ExperimentConfig, dataset: CocoDetection) -> int:
@@ -143,7 +128,7 @@ def run_eval(cfg: ExperimentConfig, checkpoint: str | Path, *, log=print) -> dic
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """COCO bbox metrics as a two-line table in percent; `-` where COCO has no ground truth (-1)."""
-    names = [n for n in METRIC_NAMES if n in metrics]
+    names = [n for n in COCO_METRIC_NAMES if n in metrics]
     head = " ".join(f"{n:>6}" for n in names)
     vals = " ".join(f"{100 * metrics[n]:6.1f}" if metrics[n] >= 0 else f"{'-':>6}" for n in names)
     return f"COCO bbox (%)\n{head}\n{vals}"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nassearch.detectors.boxes import batched_nms, clip_boxes, decode_distances, encode_distances
+from nassearch.detectors.dense import DenseDetector
 from nassearch.detectors.losses import iou_loss, sigmoid_focal_loss
 from nassearch.errors import NasSearchError
 
@@ -198,7 +199,7 @@ def _flatten_levels(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.flatten(2).transpose(1, 2) for t in tensors], dim=1)
 
 
-class FCOS(nn.Module):
+class FCOS(DenseDetector):
     """FCOS detector: backbone -> neck (5 levels) -> head; FCOS targets, losses and inference."""
 
     def __init__(
@@ -247,25 +248,6 @@ class FCOS(nn.Module):
         self.nms_thresh = nms_thresh
         self.topk_candidates = topk_candidates
         self.detections_per_img = detections_per_img
-
-    def forward(self, images: Tensor, targets: list[dict] | None = None):
-        """Training: loss dict; eval: list of detections per image (see forward_features)."""
-        feats = self.backbone(images)
-        return self.forward_features(feats, tuple(images.shape[-2:]), targets)
-
-    def forward_features(
-        self,
-        feats: Sequence[Tensor],
-        image_shape: tuple[int, int],
-        targets: list[dict] | None = None,
-    ):
-        """Run neck + head on backbone features (also cached ones); loss dict in training, detections in eval."""
-        outputs = self.head_outputs(feats)
-        if self.training:
-            if targets is None:
-                raise NasSearchError("FCOS: targets are required in training mode")
-            return self.loss(outputs, targets, image_shape)
-        return self.postprocess(outputs, image_shape, targets)
 
     def head_outputs(self, feats: Sequence[Tensor]) -> HeadOutputs:
         """Raw per-level (cls_logits, bbox_reg, centerness) from backbone features."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.boxes import DeltaXYWHCoder, batched_nms, box_iou, clip_boxes
+from nassearch.detectors.dense import DenseDetector
 from nassearch.detectors.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from nassearch.errors import NasSearchError
 
@@ -169,7 +170,7 @@ def _flatten_levels(outputs: Sequence[Tensor], last: int) -> Tensor:
     return torch.cat(flat, dim=1)
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(DenseDetector):
     """Single-stage anchor-based detector: backbone -> neck (P3-P7) -> shared RetinaNet head."""
 
     def __init__(
@@ -233,29 +234,6 @@ class RetinaNet(nn.Module):
         self.detections_per_img = detections_per_img
 
     # ------------------------------------------------------------------------------ forward
-
-    def forward(self, images: Tensor, targets: list[dict] | None = None):
-        """Losses (training) or detections (eval) for a padded image batch [B, 3, H, W]."""
-        feats = self.backbone(images)
-        return self.forward_features(feats, tuple(images.shape[-2:]), targets)
-
-    def forward_features(
-        self,
-        feats: Sequence[Tensor],
-        image_shape: tuple[int, int],
-        targets: list[dict] | None = None,
-    ):
-        """Same as forward, from backbone features (lets a trainer reuse cached features)."""
-        outputs = self.head_outputs(feats)
-        if self.training:
-            if targets is None:
-                raise NasSearchError("retinanet: targets are required in training mode")
-            return self.loss(outputs, targets, image_shape)
-        return self.postprocess(outputs, image_shape, targets)
-
-    def head_outputs(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Raw per-level (class logits, box deltas) from backbone features, through neck and head."""
-        return self.head(self.neck(feats))
 
     def anchors(self, outputs: tuple[list[Tensor], list[Tensor]]) -> Tensor:
         """All anchors [N, 4] (float32) for the feature-map sizes of `outputs`, levels concatenated."""

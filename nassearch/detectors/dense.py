@@ -1,0 +1,54 @@
+"""What RetinaNet and FCOS share: backbone -> neck -> head, then losses (training) or detections (eval).
+
+Subclasses provide `loss` and `postprocess`; `forward_features` starts from backbone features so
+a trainer can feed cached ones (the NAS-FCOS proxy trick), and `head_outputs` gives the raw
+per-level outputs (what ONNX export stops at).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from nassearch.errors import NasSearchError
+
+
+class DenseDetector(nn.Module):
+    """Base of single-stage dense detectors (`backbone`, `neck`, `head` attributes set by subclasses)."""
+
+    def forward(self, images: Tensor, targets: list[dict] | None = None):
+        """Losses (training) or detections (eval) for a padded image batch [B, 3, H, W]."""
+        feats = self.backbone(images)
+        return self.forward_features(feats, tuple(images.shape[-2:]), targets)
+
+    def forward_features(
+        self,
+        feats: Sequence[Tensor],
+        image_shape: tuple[int, int],
+        targets: list[dict] | None = None,
+    ):
+        """Same as forward, from backbone features; boxes are clipped to targets' `img_size` if given."""
+        outputs = self.head_outputs(feats)
+        if self.training:
+            if targets is None:
+                raise NasSearchError(
+                    f"{type(self).__name__}: targets are required in training mode"
+                )
+            return self.loss(outputs, targets, image_shape)
+        return self.postprocess(outputs, image_shape, targets)
+
+    def head_outputs(self, feats: Sequence[Tensor]) -> Any:
+        """Raw per-level head outputs from backbone features (through the neck)."""
+        return self.head(self.neck(feats))
+
+    def loss(
+        self, outputs: Any, targets: list[dict], image_shape: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def postprocess(
+        self, outputs: Any, image_shape: tuple[int, int], targets: list[dict] | None = None
+    ) -> list[dict[str, Tensor]]:
+        raise NotImplementedError
