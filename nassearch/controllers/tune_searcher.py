@@ -102,7 +102,7 @@ class ControllerSearcher(Searcher):
         if self.max_candidates is not None and self.num_suggested >= self.max_candidates:
             return Searcher.FINISHED
         for _ in range(self.max_duplicates_in_a_row + 1):
-            asked = self.controller.ask(1)
+            asked = self.controller.ask(1) or self._ask_after_releasing_orphans()
             if not asked:
                 return None
             cand = asked[0]
@@ -212,6 +212,28 @@ class ControllerSearcher(Searcher):
             "controller_step": cand.step,
             "candidate_id": cand.id,
         }
+
+    def _ask_after_releasing_orphans(self) -> list[Candidate]:
+        """Fail the candidates no trial will report, then ask again, so the search cannot deadlock.
+
+        The controller waits for pending candidates although none of this searcher's trials is
+        running: its state came from elsewhere (or a resume dropped unfinished trials). Tune would
+        otherwise poll `suggest` forever.
+        """
+        if self.trials or not self.controller.pending:
+            return []
+        orphans = sorted(self.controller.pending)
+        logger.warning(
+            "controller waits for %d candidate(s) no trial owns (%s); telling them the failure "
+            "reward",
+            len(orphans),
+            ", ".join(map(str, orphans)),
+        )
+        self.inflight.clear()
+        self.waiting.clear()
+        for cid in orphans:
+            self._tell(cid, None)
+        return self.controller.ask(1)
 
     def _resolve_duplicate(self, cand: Candidate) -> bool:
         """Tell or park a candidate whose architecture needs no training; False if it does."""
