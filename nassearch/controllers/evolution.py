@@ -2,7 +2,8 @@
 
 The first `population_size` proposals are random (masked-uniform per step). Afterwards each
 proposal is a tournament: `sample_size` distinct members drawn uniformly from the current
-population, the one with the highest reward is the parent (ties: the first drawn), and the child
+population (the paper's pseudo-code draws with replacement; distinct members are the common
+implementation choice and keep the selection pressure exactly `sample_size`), the one with the highest reward is the parent (ties: the first drawn), and the child
 is the parent with ONE decision mutated to a different legal value. Every result told joins the
 population as its newest member; when the population exceeds `population_size` the OLDEST
 member is removed (aging), whatever its reward.
@@ -79,8 +80,7 @@ class EvolutionController(Controller):
     def tournament(self) -> tuple[list[int], int]:
         """Population indices of the tournament sample and the index of its best member."""
         sample = [
-            int(i)
-            for i in self.rng.choice(len(self.population), self.sample_size, replace=False)
+            int(i) for i in self.rng.choice(len(self.population), self.sample_size, replace=False)
         ]
         rewards = [self.population[i]["reward"] for i in sample]
         return sample, sample[int(np.argmax(rewards))]
@@ -138,9 +138,7 @@ class EvolutionController(Controller):
         state = super().state_dict()
         state["population_size"] = self.population_size
         state["sample_size"] = self.sample_size
-        state["population"] = [
-            {**m, "actions": list(m["actions"])} for m in self.population
-        ]
+        state["population"] = [{**m, "actions": list(m["actions"])} for m in self.population]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
