@@ -575,3 +575,11 @@ def test_progress_bar_replaces_plain_lines(tmp_path, capsys):
     assert not [x for x in lines if " iter " in x]  # the bar shows loss and lr instead
     err = capsys.readouterr().err
     assert "train" in err and "4/4" in err and "loss=" in err
+
+
+def test_time_limit_stops_with_status_timeout(tmp_path):
+    result = make_trainer(tmp_path, make_cfg(epochs=50), time_limit_s=0.0).fit()
+    assert result.status == "timeout"
+    assert "time limit" in result.message
+    # The limit is checked after each step: exactly one step ran.
+    assert result.iterations == 1 and len(result.loss_history) == 1

@@ -47,7 +47,7 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass
 class TrainResult:
-    """Outcome of `Trainer.fit`: status `ok` or `nan` (training stopped on a non-finite loss)."""
+    """Outcome of `Trainer.fit`: status `ok`, `nan` (stopped on a non-finite loss) or `timeout`."""
 
     status: str
     message: str
@@ -103,6 +103,10 @@ class _NonFiniteLoss(Exception):
         self.losses = losses
 
 
+class _TimeLimit(Exception):
+    """Internal signal: the run's time limit has passed."""
+
+
 class Trainer:
     """Trains a detector whose training-mode forward returns a dict of `loss_*` tensors.
 
@@ -111,6 +115,7 @@ class Trainer:
     runs after each epoch's checkpoint with mean losses, lr, iteration and any new metrics (epochs
     are counted from 1). Checkpoints: work_dir/checkpoints/epoch_{k}.pth every
     `cfg.checkpoint_interval` epochs and after the final (possibly partial) epoch, plus last.pth.
+    `time_limit_s` stops training (status `timeout`) at the first iteration past the limit.
     """
 
     def __init__(
@@ -127,8 +132,10 @@ class Trainer:
         on_epoch_end: EpochCallback | None = None,
         progress: bool | None = None,
         log: Callable[[str], Any] | None = print,
+        time_limit_s: float | None = None,
     ) -> None:
         self.cfg = cfg
+        self.time_limit_s = time_limit_s
         self.device = torch.device(device)
         self.seed = seed
         self.work_dir = Path(work_dir) if work_dir is not None else None
@@ -184,6 +191,8 @@ class Trainer:
         except _NonFiniteLoss as exc:
             status, message = "nan", str(exc)
             state.last_losses = exc.losses
+        except _TimeLimit as exc:
+            status, message = "timeout", str(exc)
         finally:
             if bar is not None:
                 bar.close()
@@ -238,6 +247,14 @@ class Trainer:
                     window, window_steps = {}, 0
                 if state.iteration >= total:
                     break
+                if (
+                    self.time_limit_s is not None
+                    and time.perf_counter() - started > self.time_limit_s
+                ):
+                    raise _TimeLimit(
+                        f"time limit of {self.time_limit_s:g} s reached after {state.iteration} "
+                        f"of {total} iterations"
+                    )
             state.epochs_completed = epoch + 1
             epoch_means = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
             self._end_epoch(state, writer, epoch + 1, epoch_means, lr, started)
