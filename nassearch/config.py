@@ -88,6 +88,13 @@ class InputConfig(Strict):
     # Batches are padded to a multiple of this (128 for NAS-FPN pyramids, 32 otherwise).
     size_divisor: int = Field(32, ge=1)
 
+    def network_size(self) -> tuple[int, int]:
+        """The padded network input: the square crop, or short x max side rounded up to the divisor."""
+        if self.mode == "square":
+            return self.size, self.size
+        d = self.size_divisor
+        return -(-self.short_side // d) * d, -(-self.max_size // d) * d
+
 
 # ---------------------------------------------------------------------------------------- model
 
@@ -231,6 +238,35 @@ class EvalConfig(Strict):
     batch_size: int = Field(2, ge=1)
 
 
+class CostConfig(Strict):
+    """A cost term on the reward: MnasNet's soft constraint, or a hard limit."""
+
+    metric: Literal["params", "macs", "latency_ms"]
+    target: float = Field(gt=0)
+    # Soft: reward * (cost / target) ** weight (MnasNet uses -0.07); a larger cost lowers the reward.
+    weight: float = -0.07
+    # Hard: an architecture over `target` gets the failure reward and is not trained.
+    hard_limit: bool = False
+
+
+class ProxyConfig(Strict):
+    """How a sampled architecture is scored: short training on `data.train`, reward on held-out images.
+
+    The reward images are split off the training set (`reward_holdout` images, as NAS-FPN held out
+    7,392 train2017 images), never taken from the validation set you report on.
+    """
+
+    reward: Literal["ap", "ap50", "neg_loss"] = "ap"
+    reward_holdout: int = Field(64, gt=0)
+    reward_holdout_seed: int = 0
+    failure_reward: float = 0.0
+    # Wall-clock limit for one architecture's training; None: no limit.
+    time_limit_s: float | None = Field(None, gt=0)
+    cost: CostConfig | None = None
+    # Latency is timed on batches of this many images of the proxy input size.
+    latency_batch: int = Field(1, ge=1)
+
+
 class ExperimentConfig(Strict):
     """A whole experiment: what `nassearch train` / `eval` / `summary` read."""
 
@@ -244,6 +280,7 @@ class ExperimentConfig(Strict):
     model: ModelConfig = Field(default_factory=RetinaNetConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from nassearch.config import ExperimentConfig
 from nassearch.detectors.build import build_detector, model_genotype
 from nassearch.detectors.complexity import PARTS, measure_complexity
@@ -22,20 +20,9 @@ def default_num_classes(cfg: ExperimentConfig) -> int:
     return COCO_CLASSES
 
 
-def default_input_size(cfg: ExperimentConfig) -> tuple[int, int]:
-    """The network input the config trains at: the square crop, or short x max side padded."""
-    if cfg.input.mode == "square":
-        return cfg.input.size, cfg.input.size
-    d = cfg.input.size_divisor
-    return (
-        math.ceil(cfg.input.short_side / d) * d,
-        math.ceil(cfg.input.max_size / d) * d,
-    )
-
-
 def summarize(cfg: ExperimentConfig, input_size: int | None = None) -> dict:
     """Build the config's detector (random weights, no data read) and measure it."""
-    size = (input_size, input_size) if input_size else default_input_size(cfg)
+    size = (input_size, input_size) if input_size else cfg.input.network_size()
     num_classes = default_num_classes(cfg)
     model = build_detector(cfg.model, num_classes)
     cost = measure_complexity(model, size)

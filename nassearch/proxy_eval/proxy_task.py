@@ -1,0 +1,213 @@
+"""Scoring one sampled architecture: build it, proxy-train it briefly, evaluate it, measure its cost.
+
+`evaluate_candidate(genotype, cfg)` never raises: a NaN/Inf loss, an exception, CUDA running out
+of memory or the time limit become a `ProxyResult` with that status, the configured failure
+reward and a one-line message, so one bad architecture cannot stop a search.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nassearch.config import CostConfig, ExperimentConfig
+from nassearch.data.build import build_dataset, split_paths
+from nassearch.data.coco import CocoDetection
+from nassearch.detectors.build import build_detector
+from nassearch.detectors.complexity import count_macs, count_parameters
+from nassearch.device import resolve_device, use_bf16
+from nassearch.proxy_eval.evaluate import evaluate_detector, validation_loss
+from nassearch.proxy_eval.trainer import Trainer
+from nassearch.search_spaces.base import Genotype
+
+STATUSES = ("ok", "nan", "error", "oom", "timeout")
+
+
+@dataclass
+class ProxyResult:
+    """What a proxy evaluation reports; `reward` is what the controller is told."""
+
+    reward: float
+    status: str = "ok"
+    message: str = ""
+    genotype_key: str = ""
+    ap: float = float("nan")
+    ap50: float = float("nan")
+    val_loss: float = float("nan")
+    params: int = 0
+    flops: int = 0  # multiply-adds per image at the proxy input size
+    latency_ms: float = float("nan")
+    train_seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def proxy_datasets(cfg: ExperimentConfig) -> tuple[CocoDetection, CocoDetection]:
+    """Proxy-training images and reward images: a seeded holdout split of the training set.
+
+    `proxy.reward_holdout` images go to the reward side (evaluated without augmentation); the
+    rest are trained on. Any holdout already set on `data.train` is replaced by this one.
+    """
+    _, _, split = split_paths(cfg.data, "train")
+    held = split.model_copy(
+        update={"holdout": cfg.proxy.reward_holdout, "holdout_seed": cfg.proxy.reward_holdout_seed}
+    )
+    train = build_dataset(
+        cfg, "train", train=True, split_cfg=held.model_copy(update={"holdout_part": "rest"})
+    )
+    reward = build_dataset(
+        cfg, "train", train=False, split_cfg=held.model_copy(update={"holdout_part": "held_out"})
+    )
+    return train, reward
+
+
+def candidate_config(genotype: Genotype, cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with its neck replaced by the searched one (same space, this genotype)."""
+    model = cfg.model.model_copy(deep=True)
+    model.neck.type = genotype.space
+    model.genotype = genotype.to_dict()
+    return cfg.model_copy(update={"model": model})
+
+
+@torch.no_grad()
+def measure_latency_ms(
+    model: nn.Module,
+    size: tuple[int, int],
+    device: torch.device,
+    *,
+    batch: int = 1,
+    repeats: int = 5,
+) -> float:
+    """Median wall time of backbone + neck + head on one batch (no NMS), in milliseconds."""
+    was_training = model.training
+    model.eval()
+    images = torch.zeros(batch, 3, *size, device=device)
+    times = []
+    try:
+        for i in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
+                model.head_outputs(model.backbone(images))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:  # the first run warms up
+                times.append((time.perf_counter() - start) * 1000)
+    finally:
+        model.train(was_training)
+    return sorted(times)[len(times) // 2]
+
+
+def cost_value(cost: CostConfig, result: ProxyResult) -> float:
+    return {"params": result.params, "macs": result.flops, "latency_ms": result.latency_ms}[
+        cost.metric
+    ]
+
+
+def apply_cost(reward: float, cost: CostConfig | None, value: float) -> float:
+    """MnasNet's soft constraint reward * (value/target)^w; for negative rewards (neg_loss) the
+    loss is scaled the other way, so a costlier architecture is always worse."""
+    if cost is None or cost.hard_limit:
+        return reward
+    factor = (value / cost.target) ** cost.weight
+    return reward * factor if reward >= 0 else reward / factor
+
+
+def evaluate_candidate(
+    genotype: Genotype,
+    cfg: ExperimentConfig,
+    *,
+    datasets: tuple[CocoDetection, CocoDetection] | None = None,
+    work_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> ProxyResult:
+    """Proxy-train and score one architecture; never raises (failures become statuses)."""
+    proxy = cfg.proxy
+    result = ProxyResult(reward=proxy.failure_reward, genotype_key=genotype.key())
+    started = time.perf_counter()
+    try:
+        device = resolve_device(cfg.device)
+        train_set, reward_set = datasets or proxy_datasets(cfg)
+        model = build_detector(candidate_config(genotype, cfg).model, len(train_set.cat_ids))
+        size = cfg.input.network_size()
+        result.params = count_parameters(model)["total"]
+        result.flops = count_macs(model, size)["total"]
+        model.to(device)
+        result.latency_ms = measure_latency_ms(model, size, device, batch=proxy.latency_batch)
+        if proxy.cost is not None and proxy.cost.hard_limit:
+            value = cost_value(proxy.cost, result)
+            if value > proxy.cost.target:
+                result.message = f"{proxy.cost.metric} {value:g} over the hard limit {proxy.cost.target:g}: not trained"
+                return result
+        trained = Trainer(
+            model,
+            train_set,
+            cfg.train,
+            device=device,
+            seed=cfg.seed,
+            work_dir=work_dir,
+            size_divisor=cfg.input.size_divisor,
+            on_epoch_end=on_epoch_end,
+            progress=False,
+            log=None,
+            time_limit_s=proxy.time_limit_s,
+        ).fit()
+        result.train_seconds = trained.seconds
+        if trained.status != "ok":
+            result.status, result.message = trained.status, trained.message
+            return result
+        kwargs = {
+            "device": device,
+            "batch_size": cfg.eval.batch_size,
+            "size_divisor": cfg.input.size_divisor,
+        }
+        metrics = evaluate_detector(model, reward_set, **kwargs)
+        result.metrics = dict(metrics)
+        result.ap, result.ap50 = metrics["AP"], metrics["AP50"]
+        if proxy.reward == "neg_loss":
+            result.val_loss = validation_loss(model, reward_set, **kwargs)["loss"]
+            if not math.isfinite(result.val_loss):
+                result.status, result.message = "nan", f"validation loss is {result.val_loss}"
+                return result
+            raw = -result.val_loss
+        else:
+            raw = result.ap if proxy.reward == "ap" else result.ap50
+        value = cost_value(proxy.cost, result) if proxy.cost is not None else 0.0
+        result.reward = apply_cost(raw, proxy.cost, value)
+        result.message = f"trained {trained.iterations} iterations in {trained.seconds:.1f} s"
+        return result
+    except torch.cuda.OutOfMemoryError as exc:
+        result.status, result.message = "oom", _one_line(exc)
+    except Exception as exc:  # a failing architecture must not stop the search
+        if "out of memory" in str(exc).lower():
+            result.status = "oom"
+        else:
+            result.status = "error"
+        result.message = _one_line(exc)
+    finally:
+        if not result.train_seconds:
+            result.train_seconds = time.perf_counter() - started
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: message (at file.py:line in function)`, on one line, where the exception was raised."""
+    text = " ".join(str(exc).split())[:400]
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = (
+        f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})"
+        if frames
+        else ""
+    )
+    return f"{type(exc).__name__}: {text}{where}"

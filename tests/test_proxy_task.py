@@ -1,0 +1,157 @@
+"""evaluate_candidate: a sampled architecture is trained and scored; every failure becomes a status."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nassearch.config import CostConfig, validate_config
+from nassearch.detectors.build import build_detector
+from nassearch.detectors.complexity import count_parameters
+from nassearch.proxy_eval import proxy_task
+from nassearch.proxy_eval.proxy_task import (
+    apply_cost,
+    candidate_config,
+    evaluate_candidate,
+    proxy_datasets,
+)
+from nassearch.search_spaces.nasfpn import FPN, PAPER
+
+FAILURE = -1.0
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic-cache")
+
+
+def make_cfg(cache_dir, **proxy):
+    return validate_config(
+        {
+            "seed": 0,
+            "device": "cpu",
+            "data": {
+                "type": "synthetic",
+                "synthetic": {
+                    "num_train": 20,
+                    "num_val": 2,
+                    "image_size": 64,
+                    "max_object_size": 48,
+                    "cache_dir": str(cache_dir),
+                },
+            },
+            "input": {"mode": "square", "size": 64, "size_divisor": 64},
+            "model": {
+                "type": "retinanet",
+                "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
+                "neck": {"type": "nasfpn", "out_channels": 16},
+                "genotype": "FPN",
+                "num_convs": 1,
+                "feat_channels": 16,
+            },
+            "train": {"epochs": 1, "max_iters": 3, "batch_size": 4, "tensorboard": False},
+            "eval": {"batch_size": 4},
+            "proxy": {"reward_holdout": 6, "failure_reward": FAILURE, **proxy},
+        }
+    )
+
+
+def test_reward_split_is_held_out_of_the_training_images(cache_dir):
+    train, reward = proxy_datasets(make_cfg(cache_dir))
+    assert len(train) + len(reward) == 20 and len(reward) == 6
+    assert not set(train.image_ids) & set(reward.image_ids)
+
+
+def test_ok_result_reports_ap_and_costs(cache_dir, monkeypatch):
+    cfg = make_cfg(cache_dir)
+    built = []
+    real = proxy_task.build_detector
+    monkeypatch.setattr(
+        proxy_task,
+        "build_detector",
+        lambda model_cfg, n: built.append(model_cfg) or real(model_cfg, n),
+    )
+    result = evaluate_candidate(PAPER, cfg)
+    assert result.status == "ok", result.message
+    assert result.reward == result.ap == result.metrics["AP"]
+    assert result.genotype_key == PAPER.key()
+    # The trained network is PAPER's, not the config's FPN genotype.
+    assert [m.genotype for m in built] == [PAPER.to_dict()]
+    expected = build_detector(candidate_config(PAPER, cfg).model, num_classes=6)
+    assert result.params == count_parameters(expected)["total"]
+    assert result.flops > 0 and result.latency_ms > 0 and result.train_seconds > 0
+
+
+def test_negative_loss_reward(cache_dir):
+    result = evaluate_candidate(FPN, make_cfg(cache_dir, reward="neg_loss"))
+    assert result.status == "ok"
+    assert math.isfinite(result.val_loss) and result.val_loss > 0
+    assert result.reward == -result.val_loss
+
+
+def test_exception_becomes_error_status(cache_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cell 3 cannot be built")
+
+    monkeypatch.setattr(proxy_task, "build_detector", broken)
+    result = evaluate_candidate(PAPER, make_cfg(cache_dir))
+    assert result.status == "error" and result.reward == FAILURE
+    assert result.message.startswith("RuntimeError: cell 3 cannot be built (at test_proxy_task.py")
+    assert "\n" not in result.message
+
+
+def test_nan_loss_becomes_nan_status(cache_dir, monkeypatch):
+    real = proxy_task.build_detector
+
+    def nan_detector(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.loss = lambda outputs, targets, shape: {
+            "loss_cls": outputs[0][0].sum() * float("nan")
+        }
+        return model
+
+    monkeypatch.setattr(proxy_task, "build_detector", nan_detector)
+    result = evaluate_candidate(PAPER, make_cfg(cache_dir))
+    assert result.status == "nan" and result.reward == FAILURE
+    assert "iteration" in result.message
+
+
+def test_time_limit_becomes_timeout_status(cache_dir):
+    cfg = make_cfg(cache_dir, time_limit_s=1e-6)
+    result = evaluate_candidate(PAPER, cfg)
+    assert result.status == "timeout" and result.reward == FAILURE
+    assert "time limit" in result.message
+
+
+def test_out_of_memory_becomes_oom_status(cache_dir, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(proxy_task, "build_detector", oom)
+    result = evaluate_candidate(PAPER, make_cfg(cache_dir))
+    assert result.status == "oom" and result.reward == FAILURE
+
+
+def test_soft_cost_term_scales_the_reward(cache_dir):
+    plain = evaluate_candidate(PAPER, make_cfg(cache_dir))
+    target = plain.params / 2
+    cost = {"metric": "params", "target": target, "weight": -0.5}
+    costly = evaluate_candidate(PAPER, make_cfg(cache_dir, cost=cost))
+    assert costly.ap == pytest.approx(plain.ap)
+    assert costly.reward == pytest.approx(plain.ap * 2**-0.5)
+
+
+def test_hard_cost_limit_skips_training(cache_dir):
+    cfg = make_cfg(cache_dir, cost={"metric": "params", "target": 1000, "hard_limit": True})
+    result = evaluate_candidate(PAPER, cfg)
+    assert result.reward == FAILURE and "hard limit" in result.message
+    assert result.ap != result.ap  # not evaluated (NaN)
+
+
+def test_apply_cost_penalises_costlier_architectures_for_both_signs():
+    cost = CostConfig(metric="params", target=10.0, weight=-0.07)
+    assert apply_cost(0.4, cost, 20.0) < 0.4 < apply_cost(0.4, cost, 5.0)
+    assert apply_cost(-2.0, cost, 20.0) < -2.0 < apply_cost(-2.0, cost, 5.0)
+    assert apply_cost(0.4, None, 20.0) == 0.4
