@@ -1,0 +1,66 @@
+"""The search trainable inside a real Ray Tune run: per-epoch reports, then the scored architecture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray import tune
+
+from nassearch.config import validate_config
+from nassearch.controllers import build_controller
+from nassearch.controllers.tune_searcher import ControllerSearcher
+from nassearch.proxy_eval.trial import proxy_trial
+from nassearch.search_spaces import get_space
+
+
+@pytest.mark.slow
+def test_trials_report_epochs_and_scored_architectures(ray_session, tmp_path):
+    experiment = validate_config(
+        {
+            "seed": 0,
+            "device": "cpu",
+            "data": {
+                "type": "synthetic",
+                "synthetic": {
+                    "num_train": 12,
+                    "num_val": 2,
+                    "image_size": 64,
+                    "max_object_size": 48,
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+            },
+            "input": {"mode": "square", "size": 64, "size_divisor": 64},
+            "model": {
+                "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
+                "neck": {"type": "nasfpn", "out_channels": 16},
+                "genotype": "FPN",
+                "num_convs": 1,
+                "feat_channels": 16,
+            },
+            "train": {"epochs": 2, "batch_size": 4, "tensorboard": False},
+            "proxy": {"reward_holdout": 4},
+        }
+    )
+    controller = build_controller("random", get_space("nasfpn"), seed=3)
+    searcher = ControllerSearcher(controller, max_candidates=2)
+    tuner = tune.Tuner(
+        tune.with_parameters(proxy_trial, experiment=json.loads(experiment.model_dump_json())),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=2, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="trial", verbose=0),
+    )
+    grid = tuner.fit()
+    assert grid.num_errors == 0 and len(grid) == 2
+    keys = set()
+    for result in grid:
+        final = result.metrics
+        assert final["final"] is True and final["status"] == "ok", final["message"]
+        assert final["reward"] == final["ap"] == final["coco/AP"]
+        assert final["genotype_key"] == result.config["genotype_key"]
+        history = result.metrics_dataframe
+        epochs = history[~history["final"].astype(bool)]["epoch"].tolist()
+        assert epochs == [1, 2]  # 8 training images, batch 4: two reports before the final one
+        keys.add(final["genotype_key"])
+    assert len(keys) == 2
+    # The driver-side controller was told both rewards.
+    assert controller.unique_architectures == 2 and searcher.num_completed == 2
