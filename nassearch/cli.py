@@ -1,4 +1,4 @@
-"""`nassearch` command line: train, eval, summary, show, data synth.
+"""`nassearch` command line: run, train, eval, summary, show, data synth.
 
 Every command turns bad input into one line on stderr (`error: <file>: <key>: <problem>`) and exit
 status 2; nothing else is printed as a traceback.
@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nassearch", description="Neural architecture search for object detection."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run", help="search architectures: a controller proposes, Ray Tune trials score"
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--storage", help="folder holding experiments (default: the config's output_dir)"
+    )
+    p.add_argument(
+        "--address", help="join an existing Ray cluster (then --storage must be on shared storage)"
+    )
 
     p = sub.add_parser("train", help="train a fixed architecture and report its COCO AP")
     _add_config_args(p)
@@ -85,6 +96,13 @@ def _load(args: argparse.Namespace, *, require_data: bool = True):
     if args.name:
         overrides.append(f"name={args.name}")
     return load_config(args.config, overrides, require_data=require_data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nassearch.search import run_search
+
+    run_search(_load(args), storage=args.storage, address=args.address)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -149,6 +167,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "run": cmd_run,
     "train": cmd_train,
     "eval": cmd_eval,
     "summary": cmd_summary,

@@ -267,6 +267,25 @@ class ProxyConfig(Strict):
     latency_batch: int = Field(1, ge=1)
 
 
+class SearchConfig(Strict):
+    """The search itself: space, controller, budget, Ray resources, baselines (`nassearch run`)."""
+
+    space: Literal["nasfpn", "nasfcos"] = "nasfpn"
+    # Options of the space, e.g. {num_cells: 7} for nasfpn or {part: fpn} for nasfcos.
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    controller: Literal["reinforce", "ppo", "random", "evolution"] = "reinforce"
+    # Hyper-parameters of the controller (lr, batch_size, failure_reward is taken from proxy).
+    controller_options: dict[str, Any] = Field(default_factory=dict)
+    num_architectures: int = Field(20, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+    # Stop handing out new architectures after this many seconds (running trials finish).
+    time_budget_s: float | None = Field(None, gt=0)
+    # Named genotypes of the space trained first under the same proxy, to compare against.
+    baselines: list[str] = Field(default_factory=list)
+
+
 class ExperimentConfig(Strict):
     """A whole experiment: what `nassearch train` / `eval` / `summary` read."""
 
@@ -281,6 +300,7 @@ class ExperimentConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name

@@ -1,0 +1,235 @@
+"""`nassearch run`: a Ray Tune experiment in which a controller proposes architectures and trials score them.
+
+The driver validates everything before the first trial (space, controller, data, resources,
+storage), trains the configured baselines first under the same proxy, then runs a `tune.Tuner`
+whose searcher is the controller. It is the only writer of `<storage>/<name>/architectures.jsonl`
+(one fsynced line per finished architecture) and prints one concise line per architecture and a
+final top-5 table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from nassearch.config import ExperimentConfig, save_config
+from nassearch.controllers import build_controller
+from nassearch.controllers.tune_searcher import ControllerSearcher
+from nassearch.errors import NasSearchError
+from nassearch.proxy_eval.proxy_task import evaluate_candidate, proxy_datasets
+from nassearch.proxy_eval.trial import proxy_trial
+from nassearch.records import RECORD_FILE, RecordWriter, read_records
+from nassearch.search_spaces import get_space, named_genotypes
+
+RESULT_FIELDS = (
+    "reward",
+    "status",
+    "message",
+    "ap",
+    "ap50",
+    "val_loss",
+    "params",
+    "flops",
+    "latency_ms",
+    "train_seconds",
+)
+
+
+def experiment_dir(cfg: ExperimentConfig, storage: str | None = None) -> Path:
+    return (Path(storage) if storage else Path(cfg.output_dir)).expanduser().resolve() / cfg.name
+
+
+def check_search(cfg: ExperimentConfig, exp_dir: Path):
+    """Everything that can be checked before a trial starts; returns (space, baseline genotypes)."""
+    search = cfg.search
+    try:
+        space = get_space(search.space, **search.space_options)
+    except TypeError as exc:
+        raise NasSearchError(f"search.space_options: {exc}") from None
+    named = named_genotypes(search.space)
+    baselines = {}
+    for name in search.baselines:
+        if name not in named:
+            raise NasSearchError(
+                f"search.baselines: {name!r} is not a named {search.space} genotype ({', '.join(named)})"
+            )
+        baselines[name] = named[name]
+    make_controller(cfg, space)  # unknown hyper-parameters fail here, not in the middle of a search
+    if exp_dir.exists() and any(exp_dir.iterdir()):
+        raise NasSearchError(
+            f"{exp_dir}: already holds an experiment; choose another --name or --storage"
+        )
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        probe = exp_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise NasSearchError(f"--storage {exp_dir.parent}: not writable ({exc.strerror})") from None
+    return space, baselines
+
+
+def make_controller(cfg: ExperimentConfig, space):
+    options = dict(cfg.search.controller_options)
+    options.setdefault("failure_reward", cfg.proxy.failure_reward)
+    return build_controller(cfg.search.controller, space, seed=cfg.seed, **options)
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    have = ray.cluster_resources()
+    for key, want in (("CPU", cfg.search.cpus_per_trial), ("GPU", cfg.search.gpus_per_trial)):
+        if want > have.get(key, 0):
+            name = "cpus_per_trial" if key == "CPU" else "gpus_per_trial"
+            raise NasSearchError(
+                f"search.{name}: {want:g} per trial, but the Ray cluster has {have.get(key, 0):g} {key}s"
+            )
+
+
+def record_of(result: dict[str, Any], config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    record = {field: result.get(field) for field in RESULT_FIELDS}
+    record.update(
+        genotype=config["genotype"],
+        key=config.get("genotype_key") or result.get("genotype_key"),
+        controller_step=config.get("controller_step"),
+        candidate_id=config.get("candidate_id"),
+        metrics={k[5:]: v for k, v in result.items() if k.startswith("coco/")},
+        time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    )
+    return record
+
+
+def format_line(record: dict[str, Any], rewards: list[float], total: int) -> str:
+    done = len(rewards)
+    reward = record["reward"]
+    rank = 1 + sum(r > reward for r in rewards) if reward is not None else done
+    tag = (
+        "baseline " + record["trial_id"].removeprefix("baseline-")
+        if record.get("baseline")
+        else f"{done}/{total}"
+    )
+    return (
+        f"[{tag}] {record['status']:<7} reward {reward if reward is not None else float('nan'):.4f} "
+        f"rank {rank}/{done}  key {record['key']}  {record.get('train_seconds') or 0:.0f}s"
+    )
+
+
+class RecordCallback(tune.Callback):
+    """Tune callback (driver side): one record and one console line per finished trial."""
+
+    def __init__(self, path: Path, total: int, quiet: bool) -> None:
+        self.path, self.total, self.quiet = Path(path), total, quiet
+
+    def _write(self, trial, result: dict[str, Any]) -> None:
+        record = record_of(result, trial.config, trial_id=trial.trial_id, baseline=False)
+        with RecordWriter(self.path) as writer:
+            writer.append(record)
+        if not self.quiet:
+            rewards = [
+                r["reward"]
+                for r in read_records(self.path)
+                if not r.get("baseline") and r["reward"] is not None
+            ]
+            print(format_line(record, rewards, self.total), flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._write(trial, trial.last_result or {})
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._write(trial, {"status": "error", "message": "the trial process failed"})
+
+
+def run_search(
+    cfg: ExperimentConfig, *, storage: str | None = None, address: str | None = None, log=print
+) -> list[dict[str, Any]]:
+    """Run the search `cfg` describes; returns the records of every evaluated architecture."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    exp_dir = experiment_dir(cfg, storage)
+    space, baselines = check_search(cfg, exp_dir)
+    datasets = proxy_datasets(cfg)  # data errors surface here; synthetic data is generated once
+    if not ray.is_initialized():
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
+    check_resources(cfg)
+    save_config(cfg, exp_dir / "config.yaml")
+    records = exp_dir / RECORD_FILE
+    log(
+        f"search {cfg.name}: {cfg.search.controller} over {cfg.search.space} ({space.size():.3g} architectures), "
+        f"{cfg.search.num_architectures} to evaluate; writing {exp_dir}"
+    )
+
+    for name, genotype in baselines.items():
+        result = evaluate_candidate(genotype, cfg, datasets=datasets).to_dict()
+        record = record_of(
+            result,
+            {"genotype": genotype.to_dict(), "genotype_key": genotype.key()},
+            trial_id=f"baseline-{name}",
+            baseline=True,
+        )
+        with RecordWriter(records) as writer:
+            writer.append(record)
+        log(format_line(record, [record["reward"]], 1))
+
+    controller = make_controller(cfg, space)
+    searcher = ControllerSearcher(
+        controller,
+        max_candidates=cfg.search.num_architectures,
+        tensorboard_dir=exp_dir / "tensorboard",
+    )
+    experiment = json.loads(cfg.model_dump_json())
+    trainable = tune.with_resources(
+        tune.with_parameters(proxy_trial, experiment=experiment),
+        {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=cfg.search.num_architectures,
+            max_concurrent_trials=cfg.search.max_concurrent,
+            time_budget_s=cfg.search.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(exp_dir),
+            name="tune",
+            verbose=0,
+            callbacks=[RecordCallback(records, cfg.search.num_architectures, quiet=log is None)],
+        ),
+    )
+    tuner.fit()
+    all_records = read_records(records)
+    log(format_top(all_records, exp_dir))
+    return all_records
+
+
+def format_top(records: list[dict[str, Any]], exp_dir: Path, k: int = 5) -> str:
+    """The k best architectures (one row per key) and every baseline, as a table."""
+    searched = [r for r in records if not r.get("baseline") and r["status"] == "ok"]
+    best: dict[str, dict[str, Any]] = {}
+    for r in sorted(searched, key=lambda r: -r["reward"]):
+        best.setdefault(r["key"], r)
+    rows = list(best.values())[:k] + [r for r in records if r.get("baseline")]
+    lines = [
+        f"{'':<10}{'key':<18}{'reward':>8}{'AP':>7}{'AP50':>7}{'params':>11}{'GMACs':>8}  status"
+    ]
+    for i, r in enumerate(rows, start=1):
+        name = r["trial_id"].removeprefix("baseline-") if r.get("baseline") else f"#{i}"
+        ap = r.get("ap") if r.get("ap") is not None else float("nan")
+        ap50 = r.get("ap50") if r.get("ap50") is not None else float("nan")
+        lines.append(
+            f"{name:<10}{r['key']:<18}{(r['reward'] if r['reward'] is not None else float('nan')):>8.4f}"
+            f"{ap:>7.3f}{ap50:>7.3f}{(r.get('params') or 0):>11,}{(r.get('flops') or 0) / 1e9:>8.2f}  {r['status']}"
+        )
+    failed = sum(1 for r in records if r["status"] != "ok")
+    lines.append(
+        f"{len(searched)} searched architectures evaluated ({len(best)} unique), {failed} failed; "
+        f"records in {exp_dir / RECORD_FILE}, TensorBoard in {exp_dir}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""`nassearch run` end to end on tiny synthetic data: baselines first, one record per architecture."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nassearch.cli import EXIT_BAD_INPUT, main
+from nassearch.records import read_records
+
+
+def search_config(tmp_path, **search) -> dict:
+    return {
+        "name": "tiny-search",
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {
+            "type": "synthetic",
+            "synthetic": {
+                "num_train": 12,
+                "num_val": 2,
+                "image_size": 64,
+                "max_object_size": 48,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+        },
+        "input": {"mode": "square", "size": 64, "size_divisor": 64},
+        "model": {
+            "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
+            "neck": {"out_channels": 16},
+            "num_convs": 1,
+            "feat_channels": 16,
+        },
+        "train": {"epochs": 1, "batch_size": 4, "tensorboard": False},
+        "proxy": {"reward_holdout": 4},
+        "search": {
+            "space": "nasfpn",
+            "controller": "reinforce",
+            "controller_options": {"batch_size": 2},
+            "num_architectures": 3,
+            "baselines": ["FPN"],
+            **search,
+        },
+    }
+
+
+def write(tmp_path, cfg) -> str:
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys):
+    assert main(["run", write(tmp_path, search_config(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    exp = tmp_path / "runs" / "tiny-search"
+    records = read_records(exp / "architectures.jsonl")
+    baselines = [r for r in records if r["baseline"]]
+    searched = [r for r in records if not r["baseline"]]
+    assert [r["trial_id"] for r in baselines] == ["baseline-FPN"] and records[0]["baseline"]
+    assert len(searched) == 3
+    assert {r["status"] for r in records} == {"ok"}
+    assert all(r["genotype"]["space"] == "nasfpn" and len(r["key"]) == 16 for r in records)
+    assert sorted(r["controller_step"] for r in searched) == [0, 0, 1]  # batches of 2
+    assert all(r["reward"] == r["ap"] for r in records)
+    # One concise line per architecture, then the table with the baseline row.
+    assert out.count("[baseline FPN] ok") == 1 and out.count("/3] ok") == 3
+    assert "\nFPN " in out and "3 searched architectures evaluated" in out
+    assert (exp / "config.yaml").is_file() and (exp / "tensorboard").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("search", "needle"),
+    [
+        ({"baselines": ["NOPE"]}, "search.baselines: 'NOPE'"),
+        ({"controller_options": {"lrr": 1}}, "controller reinforce"),
+        ({"gpus_per_trial": 1}, "search.gpus_per_trial"),
+        ({"space": "yolo"}, "search.space"),
+    ],
+)
+def test_bad_search_settings_fail_before_any_trial(ray_session, tmp_path, capsys, search, needle):
+    path = write(tmp_path, search_config(tmp_path, **search))
+    assert main(["run", path]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    records = tmp_path / "runs" / "tiny-search" / "architectures.jsonl"
+    assert not records.exists()
+
+
+def test_existing_experiment_is_not_overwritten(tmp_path, capsys):
+    exp = tmp_path / "runs" / "tiny-search"
+    exp.mkdir(parents=True)
+    (exp / "architectures.jsonl").write_text('{"key": "x"}\n')
+    assert main(["run", write(tmp_path, search_config(tmp_path))]) == EXIT_BAD_INPUT
+    assert "already holds an experiment" in capsys.readouterr().err
+    assert (exp / "architectures.jsonl").read_text() == '{"key": "x"}\n'
