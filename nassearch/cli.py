@@ -101,7 +101,14 @@ def _load(args: argparse.Namespace, *, require_data: bool = True):
 def cmd_run(args: argparse.Namespace) -> int:
     from nassearch.search import run_search
 
-    run_search(_load(args), storage=args.storage, address=args.address)
+    cfg = _load(args)
+    try:
+        run_search(cfg, storage=args.storage, address=args.address)
+    except NasSearchError as exc:
+        # Problems with a config key are reported against the file that holds it.
+        if str(exc).split(":", 1)[0].split(".", 1)[0] in type(cfg).model_fields:
+            raise NasSearchError(f"{args.config}: {exc}") from None
+        raise
     return 0
 
 

@@ -60,7 +60,10 @@ def check_search(cfg: ExperimentConfig, exp_dir: Path):
                 f"search.baselines: {name!r} is not a named {search.space} genotype ({', '.join(named)})"
             )
         baselines[name] = named[name]
-    make_controller(cfg, space)  # unknown hyper-parameters fail here, not in the middle of a search
+    try:  # unknown hyper-parameters fail here, not in the middle of a search
+        make_controller(cfg, space)
+    except NasSearchError as exc:
+        raise NasSearchError(f"search.controller_options: {exc}") from None
     if exp_dir.exists() and any(exp_dir.iterdir()):
         raise NasSearchError(
             f"{exp_dir}: already holds an experiment; choose another --name or --storage"

@@ -85,6 +85,7 @@ def test_bad_search_settings_fail_before_any_trial(ray_session, tmp_path, capsys
     assert main(["run", path]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
+    assert err.startswith(f"error: {path}: search.")
     records = tmp_path / "runs" / "tiny-search" / "architectures.jsonl"
     assert not records.exists()
 
