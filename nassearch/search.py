@@ -128,18 +128,16 @@ class RecordCallback(tune.Callback):
 
     def __init__(self, path: Path, total: int, quiet: bool) -> None:
         self.path, self.total, self.quiet = Path(path), total, quiet
+        self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
 
     def _write(self, trial, result: dict[str, Any]) -> None:
         record = record_of(result, trial.config, trial_id=trial.trial_id, baseline=False)
         with RecordWriter(self.path) as writer:
             writer.append(record)
+        if record["reward"] is not None:
+            self.rewards.append(record["reward"])
         if not self.quiet:
-            rewards = [
-                r["reward"]
-                for r in read_records(self.path)
-                if not r.get("baseline") and r["reward"] is not None
-            ]
-            print(format_line(record, rewards, self.total), flush=True)
+            print(format_line(record, self.rewards, self.total), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._write(trial, trial.last_result or {})

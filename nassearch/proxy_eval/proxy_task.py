@@ -28,12 +28,13 @@ from nassearch.proxy_eval.evaluate import evaluate_detector, validation_loss
 from nassearch.proxy_eval.trainer import Trainer
 from nassearch.search_spaces.base import Genotype
 
-STATUSES = ("ok", "nan", "error", "oom", "timeout")
-
 
 @dataclass
 class ProxyResult:
-    """What a proxy evaluation reports; `reward` is what the controller is told."""
+    """What a proxy evaluation reports; `reward` is what the controller is told.
+
+    `status` is one of ok, nan, error, oom, timeout; anything but ok carries the failure reward.
+    """
 
     reward: float
     status: str = "ok"
