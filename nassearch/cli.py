@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help="join an existing Ray cluster (then --storage must be on shared storage)"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted search (CONFIG may then be its experiment folder)",
+    )
 
     p = sub.add_parser("train", help="train a fixed architecture and report its COCO AP")
     _add_config_args(p)
@@ -99,11 +104,22 @@ def _load(args: argparse.Namespace, *, require_data: bool = True):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nassearch.search import run_search
+    from nassearch.search import CONFIG_FILE, run_search
 
+    source, storage = args.config, args.storage
+    if args.resume and Path(source).is_dir():
+        # `nassearch run runs/<name> --resume`: the folder's saved config, the folder itself.
+        folder = Path(source).resolve()
+        if not (folder / CONFIG_FILE).is_file():
+            raise NasSearchError(f"{source}: not an experiment folder (no {CONFIG_FILE})")
+        if args.storage:
+            raise NasSearchError("--storage: not used when resuming an experiment folder")
+        args.config = str(folder / CONFIG_FILE)
+        args.name = folder.name
+        storage = str(folder.parent)
     cfg = _load(args)
     try:
-        run_search(cfg, storage=args.storage, address=args.address)
+        run_search(cfg, storage=storage, address=args.address, resume=args.resume)
     except NasSearchError as exc:
         # Problems with a config key are reported against the file that holds it.
         if str(exc).split(":", 1)[0].split(".", 1)[0] in type(cfg).model_fields:

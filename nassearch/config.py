@@ -265,6 +265,9 @@ class ProxyConfig(Strict):
     cost: CostConfig | None = None
     # Latency is timed on batches of this many images of the proxy input size.
     latency_batch: int = Field(1, ge=1)
+    # Each search trial reports its trainer state (last.pth) as a Tune checkpoint every epoch, so
+    # an interrupted search resumes unfinished trials mid-way; off saves disk for big models.
+    trial_checkpoints: bool = True
 
 
 class SearchConfig(Strict):

@@ -12,13 +12,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from nassearch.config import ExperimentConfig, save_config
+from nassearch.config import ExperimentConfig, load_config, save_config
 from nassearch.controllers import build_controller
 from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.errors import NasSearchError
@@ -27,6 +28,8 @@ from nassearch.proxy_eval.trial import proxy_trial
 from nassearch.records import RECORD_FILE, RecordWriter, read_records
 from nassearch.search_spaces import get_space, named_genotypes
 
+CONFIG_FILE = "config.yaml"
+TUNE_DIR = "tune"
 RESULT_FIELDS = (
     "reward",
     "status",
@@ -45,7 +48,7 @@ def experiment_dir(cfg: ExperimentConfig, storage: str | None = None) -> Path:
     return (Path(storage) if storage else Path(cfg.output_dir)).expanduser().resolve() / cfg.name
 
 
-def check_search(cfg: ExperimentConfig, exp_dir: Path):
+def check_search(cfg: ExperimentConfig, exp_dir: Path, *, resume: bool = False):
     """Everything that can be checked before a trial starts; returns (space, baseline genotypes)."""
     search = cfg.search
     try:
@@ -64,9 +67,15 @@ def check_search(cfg: ExperimentConfig, exp_dir: Path):
         make_controller(cfg, space)
     except NasSearchError as exc:
         raise NasSearchError(f"search.controller_options: {exc}") from None
-    if exp_dir.exists() and any(exp_dir.iterdir()):
+    if resume:
+        if not (exp_dir / CONFIG_FILE).is_file():
+            raise NasSearchError(
+                f"{exp_dir}: no experiment to resume (no {CONFIG_FILE}); start it without --resume"
+            )
+    elif exp_dir.exists() and any(exp_dir.iterdir()):
         raise NasSearchError(
-            f"{exp_dir}: already holds an experiment; choose another --name or --storage"
+            f"{exp_dir}: already holds an experiment; continue it with --resume, or choose "
+            "another --name or --storage"
         )
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +85,34 @@ def check_search(cfg: ExperimentConfig, exp_dir: Path):
     except OSError as exc:
         raise NasSearchError(f"--storage {exp_dir.parent}: not writable ({exc.strerror})") from None
     return space, baselines
+
+
+def check_resume_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
+    """A resumed search runs with its saved settings; a config that changes them is an error."""
+    saved = load_config(exp_dir / CONFIG_FILE)
+    # Where the experiment lives may change (a moved folder); what it searches may not.
+    where = {"name", "output_dir"}
+    difference = first_difference(
+        json.loads(saved.model_dump_json(exclude=where)),
+        json.loads(cfg.model_dump_json(exclude=where)),
+    )
+    if difference is not None:
+        key, was, now = difference
+        raise NasSearchError(
+            f"{key}: {now!r} differs from {was!r} in the experiment's {exp_dir / CONFIG_FILE}; "
+            "--resume continues with the saved settings (drop the change, or start a new --name)"
+        )
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, a's value, b's value) of the first place two plain-data trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
 
 
 def make_controller(cfg: ExperimentConfig, space):
@@ -109,6 +146,7 @@ def record_of(result: dict[str, Any], config: dict[str, Any], **extra: Any) -> d
 
 
 def format_line(record: dict[str, Any], rewards: list[float], total: int) -> str:
+    """`[done/total] status reward rank key seconds` for one finished architecture."""
     done = len(rewards)
     reward = record["reward"]
     rank = 1 + sum(r > reward for r in rewards) if reward is not None else done
@@ -124,18 +162,33 @@ def format_line(record: dict[str, Any], rewards: list[float], total: int) -> str
 
 
 class RecordCallback(tune.Callback):
-    """Tune callback (driver side): one record and one console line per finished trial."""
+    """Tune callback (driver side): one record and one console line per finished trial.
+
+    At setup it reads what the file already holds (a resumed search), so ranks continue and a
+    trial that finishes again after a resume (it re-reports its record) is not written twice.
+    """
 
     def __init__(self, path: Path, total: int, quiet: bool) -> None:
         self.path, self.total, self.quiet = Path(path), total, quiet
         self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
+        self.recorded: set[str] = set()  # trial ids already in the file
+
+    def setup(self, **info: Any) -> None:
+        self.rewards, self.recorded = [], set()
+        if self.path.is_file():
+            for record in read_records(self.path):
+                self.recorded.add(record.get("trial_id"))
+                if not record.get("baseline"):
+                    self.rewards.append(_reward_or_nan(record))
 
     def _write(self, trial, result: dict[str, Any]) -> None:
+        if trial.trial_id in self.recorded:
+            return
         record = record_of(result, trial.config, trial_id=trial.trial_id, baseline=False)
         with RecordWriter(self.path) as writer:
             writer.append(record)
-        if record["reward"] is not None:
-            self.rewards.append(record["reward"])
+        self.recorded.add(trial.trial_id)
+        self.rewards.append(_reward_or_nan(record))
         if not self.quiet:
             print(format_line(record, self.rewards, self.total), flush=True)
 
@@ -146,27 +199,56 @@ class RecordCallback(tune.Callback):
         self._write(trial, {"status": "error", "message": "the trial process failed"})
 
 
+def trial_dirname(trial) -> str:
+    """`trial_<id>`: Tune's default folder name spells out the whole genotype."""
+    return f"trial_{trial.trial_id}"
+
+
+def _reward_or_nan(record: dict[str, Any]) -> float:
+    return float("nan") if record.get("reward") is None else float(record["reward"])
+
+
 def run_search(
-    cfg: ExperimentConfig, *, storage: str | None = None, address: str | None = None, log=print
+    cfg: ExperimentConfig,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    log=print,
 ) -> list[dict[str, Any]]:
-    """Run the search `cfg` describes; returns the records of every evaluated architecture."""
+    """Run the search `cfg` describes (or continue it with `resume`); returns every record.
+
+    A resumed search skips the baselines already recorded, restores the Tuner (trial states and
+    the controller) from `<experiment>/tune` and continues unfinished trials from their last
+    epoch checkpoint.
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Tune snapshots trial states and the searcher at most every 10 s by default; a shorter
+    # period narrows what a killed driver forgets (an unfinished trial resumes from its checkpoint).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     exp_dir = experiment_dir(cfg, storage)
-    space, baselines = check_search(cfg, exp_dir)
+    space, baselines = check_search(cfg, exp_dir, resume=resume)
+    if resume:
+        check_resume_config(cfg, exp_dir)
     datasets = proxy_datasets(cfg)  # data errors surface here; synthetic data is generated once
     if not ray.is_initialized():
         ray.init(
             address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
         )
     check_resources(cfg)
-    save_config(cfg, exp_dir / "config.yaml")
+    if not resume:
+        save_config(cfg, exp_dir / CONFIG_FILE)
     records = exp_dir / RECORD_FILE
+    done = {r.get("trial_id") for r in read_records(records)} if records.is_file() else set()
     log(
         f"search {cfg.name}: {cfg.search.controller} over {cfg.search.space} ({space.size():.3g} architectures), "
-        f"{cfg.search.num_architectures} to evaluate; writing {exp_dir}"
+        f"{cfg.search.num_architectures} to evaluate; "
+        f"{'resuming' if resume else 'writing'} {exp_dir}"
     )
 
     for name, genotype in baselines.items():
+        if f"baseline-{name}" in done:
+            continue
         result = evaluate_candidate(genotype, cfg, datasets=datasets).to_dict()
         record = record_of(
             result,
@@ -178,36 +260,62 @@ def run_search(
             writer.append(record)
         log(format_line(record, [record["reward"]], 1))
 
-    controller = make_controller(cfg, space)
+    tuner = make_tuner(cfg, space, exp_dir, quiet=log is None, resume=resume)
+    tuner.fit()
+    all_records = read_records(records)
+    log(format_top(all_records, exp_dir))
+    searched = sum(1 for r in all_records if not r.get("baseline"))
+    if searched < cfg.search.num_architectures:
+        log(
+            f"the search stopped after {searched} of {cfg.search.num_architectures} architectures "
+            f"(interrupted, time budget, or the controller kept proposing known ones); "
+            f"`nassearch run {exp_dir} --resume` continues it"
+        )
+    return all_records
+
+
+def make_tuner(
+    cfg: ExperimentConfig, space, exp_dir: Path, *, quiet: bool, resume: bool
+) -> tune.Tuner:
+    """A new Tuner for the search, or the interrupted one restored from `<exp_dir>/tune`."""
+    records = exp_dir / RECORD_FILE
+    experiment = json.loads(cfg.model_dump_json())
+    trainable = tune.with_resources(
+        tune.with_parameters(proxy_trial, experiment=experiment, records_path=str(records)),
+        {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
+    )
+    tune_dir = exp_dir / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        # The searcher (controller state, pending candidates) and the callbacks come back from
+        # Tune's snapshot; RecordCallback.setup re-reads the records.
+        return tune.Tuner.restore(
+            str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    if tune_dir.exists():
+        # Killed before Tune wrote its first state: no trial ever ran, nothing to keep.
+        shutil.rmtree(tune_dir)
     searcher = ControllerSearcher(
-        controller,
+        make_controller(cfg, space),
         max_candidates=cfg.search.num_architectures,
         tensorboard_dir=exp_dir / "tensorboard",
     )
-    experiment = json.loads(cfg.model_dump_json())
-    trainable = tune.with_resources(
-        tune.with_parameters(proxy_trial, experiment=experiment),
-        {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
-    )
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=cfg.search.num_architectures,
             max_concurrent_trials=cfg.search.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             storage_path=str(exp_dir),
-            name="tune",
+            name=TUNE_DIR,
             verbose=0,
-            callbacks=[RecordCallback(records, cfg.search.num_architectures, quiet=log is None)],
+            callbacks=[RecordCallback(records, cfg.search.num_architectures, quiet=quiet)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    tuner.fit()
-    all_records = read_records(records)
-    log(format_top(all_records, exp_dir))
-    return all_records
 
 
 def format_top(records: list[dict[str, Any]], exp_dir: Path, k: int = 5) -> str:

@@ -41,7 +41,7 @@ def build_model_and_data(
             "data: training and validation annotation files list different categories "
             f"({len(train_set.cat_ids)} vs {len(val_set.cat_ids)})"
         )
-    model = build_detector(cfg.model, resolve_num_classes(cfg, val_set))
+    model = build_detector(cfg.model, resolve_num_classes(cfg, val_set), seed=cfg.seed)
     return model, train_set, val_set
 
 

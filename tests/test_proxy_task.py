@@ -71,7 +71,7 @@ def test_ok_result_reports_ap_and_costs(cache_dir, monkeypatch):
     monkeypatch.setattr(
         proxy_task,
         "build_detector",
-        lambda model_cfg, n: built.append(model_cfg) or real(model_cfg, n),
+        lambda model_cfg, n, **kw: built.append(model_cfg) or real(model_cfg, n, **kw),
     )
     result = evaluate_candidate(PAPER, cfg)
     assert result.status == "ok", result.message

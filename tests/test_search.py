@@ -69,6 +69,15 @@ def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys):
     assert out.count("[baseline FPN] ok") == 1 and out.count("/3] ok") == 3
     assert "\nFPN " in out and "3 searched architectures evaluated" in out
     assert (exp / "config.yaml").is_file() and (exp / "tensorboard").is_dir()
+    # TensorBoard: every trial's epochs and final metrics (Tune's logger), short folder names.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trial_dirs = sorted((exp / "tune").glob("trial_*"))
+    assert len(trial_dirs) == 3
+    events = EventAccumulator(str(trial_dirs[0]))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"ray/tune/loss_cls", "ray/tune/reward", "ray/tune/coco/AP"} <= tags
 
 
 @pytest.mark.parametrize(

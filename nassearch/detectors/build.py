@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nassearch.config import BackboneConfig, FCOSConfig, NeckConfig, RetinaNetConfig
@@ -135,8 +136,17 @@ def build_fcos(cfg: FCOSConfig, num_classes: int) -> FCOS:
     )
 
 
-def build_detector(cfg: RetinaNetConfig | FCOSConfig, num_classes: int) -> nn.Module:
-    """Build the detector named by `cfg.type` for `num_classes` contiguous labels."""
-    if cfg.type == "retinanet":
-        return build_retinanet(cfg, num_classes)
-    return build_fcos(cfg, num_classes)
+def build_detector(
+    cfg: RetinaNetConfig | FCOSConfig, num_classes: int, *, seed: int | None = None
+) -> nn.Module:
+    """Build the detector named by `cfg.type` for `num_classes` contiguous labels.
+
+    With `seed`, weights are initialised from that seed without touching the caller's RNG, so the
+    same architecture starts from the same weights in the search driver and in any trial process.
+    """
+    build = build_retinanet if cfg.type == "retinanet" else build_fcos
+    if seed is None:
+        return build(cfg, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(cfg, num_classes)

@@ -132,15 +132,22 @@ def evaluate_candidate(
     datasets: tuple[CocoDetection, CocoDetection] | None = None,
     work_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> ProxyResult:
-    """Proxy-train and score one architecture; never raises (failures become statuses)."""
+    """Proxy-train and score one architecture; never raises (failures become statuses).
+
+    With `work_dir`, the trainer keeps `work_dir/checkpoints/last.pth` after every epoch and
+    `resume=True` continues from it (an interrupted trial picks up where it stopped).
+    """
     proxy = cfg.proxy
     result = ProxyResult(reward=proxy.failure_reward, genotype_key=genotype.key())
     started = time.perf_counter()
     try:
         device = resolve_device(cfg.device)
         train_set, reward_set = datasets or proxy_datasets(cfg)
-        model = build_detector(candidate_config(genotype, cfg).model, len(train_set.cat_ids))
+        model = build_detector(
+            candidate_config(genotype, cfg).model, len(train_set.cat_ids), seed=cfg.seed
+        )
         size = cfg.input.network_size()
         result.params = count_parameters(model)["total"]
         result.flops = count_macs(model, size)["total"]
@@ -163,7 +170,8 @@ def evaluate_candidate(
             progress=False,
             log=None,
             time_limit_s=proxy.time_limit_s,
-        ).fit()
+            keep_epoch_checkpoints=False,
+        ).fit(resume=resume)
         result.train_seconds = trained.seconds
         if trained.status != "ok":
             result.status, result.message = trained.status, trained.message

@@ -116,6 +116,7 @@ class Trainer:
     are counted from 1). Checkpoints: work_dir/checkpoints/epoch_{k}.pth every
     `cfg.checkpoint_interval` epochs and after the final (possibly partial) epoch, plus last.pth.
     `time_limit_s` stops training (status `timeout`) at the first iteration past the limit.
+    `keep_epoch_checkpoints=False` writes last.pth only (proxy trials, where disk adds up).
     """
 
     def __init__(
@@ -133,9 +134,11 @@ class Trainer:
         progress: bool | None = None,
         log: Callable[[str], Any] | None = print,
         time_limit_s: float | None = None,
+        keep_epoch_checkpoints: bool = True,
     ) -> None:
         self.cfg = cfg
         self.time_limit_s = time_limit_s
+        self.keep_epoch_checkpoints = keep_epoch_checkpoints
         self.device = torch.device(device)
         self.seed = seed
         self.work_dir = Path(work_dir) if work_dir is not None else None
@@ -374,7 +377,8 @@ class Trainer:
             # A JSON string keeps the file loadable with torch.load(weights_only=True).
             "config": self.cfg.model_dump_json(),
         }
-        save_checkpoint(content, self.checkpoint_dir / f"epoch_{epoch}.pth")
+        if self.keep_epoch_checkpoints:
+            save_checkpoint(content, self.checkpoint_dir / f"epoch_{epoch}.pth")
         save_checkpoint(content, self.checkpoint_dir / "last.pth")
 
     def _restore(self, state: _RunState) -> None:

@@ -3,46 +3,134 @@
 The searcher (`ControllerSearcher`) puts the genotype into the trial's config; the experiment
 config travels once through Ray's object store (`tune.with_parameters`). Every epoch is reported
 with `tune.report` (reward NaN until the end, so Tune's metric check is satisfied and a crash
-mid-trial reads as a failure), then the final `ProxyResult` with the reward.
+mid-trial reads as a failure) together with a `tune.Checkpoint` of the trainer state, then the
+final `ProxyResult` with the reward.
+
+Resuming (`nassearch run --resume` restores the Tuner): a trial the driver already recorded in
+`architectures.jsonl` re-reports that record without training, and an unfinished trial continues
+from its last epoch checkpoint, so no finished architecture is trained twice.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from nassearch.config import validate_config
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
+from nassearch.records import read_records
 from nassearch.search_spaces import genotype_from_dict
 
+CHECKPOINT_FILE = "last.pth"
+FINAL_FIELDS = (
+    "reward",
+    "status",
+    "message",
+    "ap",
+    "ap50",
+    "val_loss",
+    "params",
+    "flops",
+    "latency_ms",
+    "train_seconds",
+)
 
-def proxy_trial(config: dict[str, Any], experiment: dict[str, Any]) -> None:
-    """Tune function trainable: `config["genotype"]` from the searcher, `experiment` the resolved config."""
+
+def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> dict[str, Any] | None:
+    """The final report of `trial_id` rebuilt from the driver's record, if the driver wrote one."""
+    if records_path is None or not Path(records_path).is_file():
+        return None
+    with warnings.catch_warnings():  # a torn last line is the driver's business, not the trial's
+        warnings.simplefilter("ignore")
+        records = read_records(records_path)
+    for record in records:
+        if record.get("trial_id") == trial_id and not record.get("baseline"):
+            report = {k: _number(record.get(k)) for k in FINAL_FIELDS}
+            report["genotype_key"] = record.get("key")
+            report.update({f"coco/{k}": v for k, v in (record.get("metrics") or {}).items()})
+            return report
+    return None
+
+
+def _number(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def proxy_trial(
+    config: dict[str, Any],
+    experiment: dict[str, Any],
+    records_path: str | None = None,
+) -> None:
+    """Tune function trainable: `config["genotype"]` from the searcher, `experiment` the resolved config.
+
+    `records_path` is the experiment's architectures.jsonl (read only). With
+    `proxy.trial_checkpoints` off there are no per-epoch checkpoints (less disk for big models;
+    an interrupted trial then restarts from scratch).
+    """
     from ray import tune
 
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and threads.isdigit() and int(threads) > 0:
         # Ray sets OMP_NUM_THREADS to the trial's CPU count; torch must follow it too.
         torch.set_num_threads(int(threads))
+    context = tune.get_context()
+    done = recorded_result(records_path, context.get_trial_id())
+    if done is not None:
+        tune.report({**done, "final": True, "from_record": True})
+        return
     cfg = validate_config(experiment, "search config")
+    # Tune's own TensorBoard logger already receives every report; no second writer per trial.
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
     genotype = genotype_from_dict(config["genotype"])
+    checkpoints = cfg.proxy.trial_checkpoints
 
-    def on_epoch_end(epoch: int, info: dict[str, Any]) -> None:
-        losses = {k: v for k, v in info.items() if k.startswith("loss")}
-        tune.report(
-            {
+    with tempfile.TemporaryDirectory(prefix="nassearch-trial-") as work_dir:
+        last = Path(work_dir) / "checkpoints" / CHECKPOINT_FILE
+        resume = _restore_checkpoint(tune.get_checkpoint(), last)
+
+        def on_epoch_end(epoch: int, info: dict[str, Any]) -> None:
+            metrics = {
                 "reward": math.nan,
                 "final": False,
                 "epoch": epoch,
                 "iteration": info["iteration"],
-                **losses,
+                "lr": info["lr"],
+                **{k: v for k, v in info.items() if k.startswith("loss")},
             }
-        )
+            if not (checkpoints and last.is_file()):
+                tune.report(metrics)
+                return
+            with tempfile.TemporaryDirectory(prefix="nassearch-ckpt-") as out:
+                shutil.copy2(last, Path(out) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out))
 
-    result = evaluate_candidate(genotype, cfg, on_epoch_end=on_epoch_end)
+        result = evaluate_candidate(
+            genotype,
+            cfg,
+            work_dir=work_dir if checkpoints else None,
+            on_epoch_end=on_epoch_end,
+            resume=resume,
+        )
     report = result.to_dict()
     metrics = report.pop("metrics")
     tune.report({**report, **{f"coco/{k}": v for k, v in metrics.items()}, "final": True})
+
+
+def _restore_checkpoint(checkpoint: Any, last: Path) -> bool:
+    """Copy the trainer state of a restored trial into place; True if there is one to resume."""
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        source = Path(folder) / CHECKPOINT_FILE
+        if not source.is_file():
+            return False
+        last.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, last)
+    return True

@@ -1,0 +1,753 @@
+"""`nassearch export`: the best architectures of a search as files to cite, draw and train.
+
+Reads an experiment's `architectures.jsonl` (the durable record of a search), ranks the
+architectures by reward (ties: fewer parameters; one entry per genotype key; failed ones and,
+unless asked, the baselines left out) and writes for each of the top K:
+
+- `arch-k.yaml`: the genotype, its proxy metrics and provenance; `model.genotype: arch-k.yaml`
+  in a config and `nassearch show arch-k.yaml` read it.
+- `retrain-k.yaml`: a complete full-training config with the genotype inline, built from the
+  paper recipe of the search's detector type (or the search's own settings), for `nassearch train`.
+- `arch-k.png`: the architecture drawn as in the papers.
+
+and one `leaderboard.md`. Every check runs before the first file is written, and each file is
+written atomically, so a failure leaves the export folder as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import hashlib
+import json
+import math
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nassearch.config import ExperimentConfig, load_config, validate_config
+from nassearch.errors import NasSearchError
+from nassearch.records import RECORD_FILE, read_records
+from nassearch.search_spaces import Genotype, genotype_from_dict
+
+CONFIG_FILE = "config.yaml"  # the resolved search config `nassearch run` saves (search.py)
+RECIPE_CHOICES = ("paper", "search")
+Log = Callable[[str], None] | None
+
+
+# ------------------------------------------------------------------------------------ recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A paper's full-training recipe: the config sections `nassearch train` needs besides data."""
+
+    detector: str  # model.type it applies to
+    space: str  # the search space whose paper it comes from
+    summary: str  # one line for the retrain YAML's header
+    weights: str  # the backbone weights it expects
+    sections: dict[str, Any]  # input, model (without genotype), train, eval
+
+
+# experiments/retrain/retinanet_r50_nasfpn_7x256.yaml without its data and genotype (a test
+# checks that they agree): NAS-FPN paper, Sec. 4 and Google's TPU config.
+NASFPN_RECIPE = Recipe(
+    detector="retinanet",
+    space="nasfpn",
+    summary=(
+        "RetinaNet R-50 + NAS-FPN (7 stacks x 256), 640x640 crops with 0.8-1.2 scale jitter, "
+        "SGD lr 0.08 at 64 images per step, 50 epochs with x0.1 at 30 and 40, focal gamma 1.5"
+    ),
+    weights="/path/to/resnet50.pth (torchvision ImageNet state dict)",
+    sections={
+        "input": {
+            "mode": "square",
+            "size": 640,
+            "scale_range": [0.8, 1.2],
+            "flip_prob": 0.5,
+            "normalize": "imagenet",
+            "size_divisor": 128,
+        },
+        "model": {
+            "type": "retinanet",
+            "backbone": {
+                "depth": 50,
+                "weights": None,
+                "frozen_stages": 1,
+                "norm_eval": False,
+                "style": "pytorch",
+            },
+            "neck": {"type": "nasfpn", "out_channels": 256, "stacks": 7, "style": "tensorflow"},
+            "num_convs": 4,
+            "feat_channels": 256,
+            "head_norm": "bn",
+            "separate_norm_per_level": True,
+            "octave_base_scale": 4,
+            "scales_per_octave": 3,
+            "ratios": [0.5, 1.0, 2.0],
+            "pos_iou_thr": 0.5,
+            "neg_iou_thr": 0.5,
+            "min_pos_iou": 0.0,
+            "focal_alpha": 0.25,
+            "focal_gamma": 1.5,
+            "box_loss": "smooth_l1",
+            "smooth_l1_beta": 0.1,
+            "score_thresh": 0.05,
+            "nms_thresh": 0.5,
+            "topk_candidates": 1000,
+            "detections_per_img": 100,
+        },
+        "train": {
+            "epochs": 50,
+            "batch_size": 64,
+            "optimizer": {
+                "type": "sgd",
+                "lr": 0.08,
+                "momentum": 0.9,
+                "weight_decay": 0.0001,
+                "no_decay_norm_bias": True,
+            },
+            "schedule": {
+                "type": "step",
+                "milestones": [30, 40],
+                "gamma": 0.1,
+                "warmup_iters": 1000,
+                "warmup_ratio": 0.1,
+            },
+            "eval_interval": 5,
+            "num_workers": 8,
+        },
+        "eval": {"batch_size": 8},
+    },
+)
+
+# experiments/retrain/fcos_r50_nasfcos.yaml without its data and genotype (a test checks it).
+NASFCOS_RECIPE = Recipe(
+    detector="fcos",
+    space="nasfcos",
+    summary=(
+        "FCOS R-50 (caffe, frozen BN) + NAS-FCOS, shorter side 800, SGD lr 0.01 at 16 images "
+        "per step, 1x schedule (12 epochs, x0.1 at 8 and 11)"
+    ),
+    weights="/path/to/resnet50_caffe.pth (caffe-style weights with torchvision key names)",
+    sections={
+        "input": {
+            "mode": "resize",
+            "short_side": 800,
+            "max_size": 1333,
+            "flip_prob": 0.5,
+            "normalize": "caffe",
+            "size_divisor": 32,
+        },
+        "model": {
+            "type": "fcos",
+            "backbone": {
+                "depth": 50,
+                "weights": None,
+                "frozen_stages": 1,
+                "norm_eval": True,
+                "freeze_norm": True,
+                "style": "caffe",
+            },
+            "neck": {"type": "nasfcos", "out_channels": 256, "upsample": "bilinear"},
+            "centerness_on": "cls",
+            "regress_ranges": [[-1, 64], [64, 128], [128, 256], [256, 512], [512, 100000000]],
+            "center_sampling": False,
+            "focal_alpha": 0.25,
+            "focal_gamma": 2.0,
+            "box_loss": "log",
+            "score_thresh": 0.05,
+            "nms_thresh": 0.6,
+            "topk_candidates": 1000,
+            "detections_per_img": 100,
+        },
+        "train": {
+            "epochs": 12,
+            "batch_size": 16,
+            "optimizer": {
+                "type": "sgd",
+                "lr": 0.01,
+                "momentum": 0.9,
+                "weight_decay": 0.0001,
+                "bias_lr_mult": 2.0,
+            },
+            "schedule": {
+                "type": "step",
+                "milestones": [8, 11],
+                "gamma": 0.1,
+                "warmup_iters": 500,
+                "warmup_ratio": 0.333,
+            },
+            "eval_interval": 1,
+            "num_workers": 4,
+        },
+        "eval": {"batch_size": 8},
+    },
+)
+
+PAPER_RECIPES = {recipe.detector: recipe for recipe in (NASFPN_RECIPE, NASFCOS_RECIPE)}
+
+
+# --------------------------------------------------------------------------------- experiment
+
+
+@dataclass
+class Experiment:
+    """An experiment folder: its resolved search config (and the file's hash) and its records."""
+
+    path: Path
+    config: ExperimentConfig
+    config_sha256: str
+    records: list[dict[str, Any]]
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORD_FILE
+
+
+@dataclass(frozen=True)
+class ExportedArchitecture:
+    """One exported architecture: its rank, identity, proxy reward and the files written for it."""
+
+    rank: int
+    key: str
+    space: str
+    reward: float
+    trial_id: str | None
+    baseline: bool
+    arch_path: Path
+    retrain_path: Path
+    image_path: Path
+    record: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass
+class _Planned:
+    """An architecture about to be exported: everything computed, nothing written yet."""
+
+    rank: int
+    record: dict[str, Any]
+    genotype: Genotype
+    arch_text: str
+    retrain_text: str
+    stacks: int
+
+
+def is_experiment(path: Path) -> bool:
+    return (path / RECORD_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def latest_experiment(runs_dir: str | Path = "runs") -> Path:
+    """The experiment under `runs_dir` whose architectures.jsonl changed last."""
+    runs_dir = Path(runs_dir)
+    found = (
+        [p for p in runs_dir.iterdir() if p.is_dir() and is_experiment(p)]
+        if runs_dir.is_dir()
+        else []
+    )
+    if not found:
+        raise NasSearchError(
+            f"{runs_dir}: no experiment folder (one holding {RECORD_FILE} and {CONFIG_FILE}); "
+            "pass EXPERIMENT_DIR"
+        )
+    return max(found, key=lambda p: (p / RECORD_FILE).stat().st_mtime)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read an experiment folder's config and records; one-line errors for what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise NasSearchError(f"{path}: no such experiment folder")
+    for name in (RECORD_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise NasSearchError(f"{path}: not an experiment folder (no {name})")
+    config_bytes = (path / CONFIG_FILE).read_bytes()
+    config = load_config(path / CONFIG_FILE, require_data=False)
+    records = read_records(path / RECORD_FILE)
+    if not records:
+        raise NasSearchError(
+            f"{path / RECORD_FILE}: no readable architecture record (the file is empty, or "
+            "every line is corrupt)"
+        )
+    return Experiment(path, config, hashlib.sha256(config_bytes).hexdigest(), records)
+
+
+# ------------------------------------------------------------------------------------ ranking
+
+
+def _reward(record: dict[str, Any]) -> float | None:
+    value = record.get("reward")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def is_successful(record: dict[str, Any]) -> bool:
+    """Trained and scored: status ok and a finite reward (failures carry a stand-in reward)."""
+    return record.get("status") == "ok" and _reward(record) is not None
+
+
+def _params_or_inf(record: dict[str, Any]) -> float:
+    params = record.get("params")
+    return float(params) if isinstance(params, (int, float)) and params > 0 else math.inf
+
+
+def rank_records(
+    records: list[dict[str, Any]], *, include_baselines: bool = False
+) -> list[dict[str, Any]]:
+    """Successful records best first (reward, then fewer parameters, then file order), one per key."""
+    pool = [r for r in records if is_successful(r) and (include_baselines or not r.get("baseline"))]
+    ordered = sorted(
+        enumerate(pool), key=lambda item: (-_reward(item[1]), _params_or_inf(item[1]), item[0])
+    )
+    best: dict[str, dict[str, Any]] = {}
+    for _, record in ordered:
+        best.setdefault(str(record.get("key")), record)
+    return list(best.values())
+
+
+def _no_architecture_error(exp: Experiment) -> NasSearchError:
+    records = exp.records
+    good_baselines = [r for r in records if r.get("baseline") and is_successful(r)]
+    if good_baselines:
+        return NasSearchError(
+            f"{exp.records_path}: no successful searched architecture; "
+            f"{len(good_baselines)} baseline(s) succeeded (pass --include-baselines to export them)"
+        )
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    return NasSearchError(
+        f"{exp.records_path}: no successful architecture among {len(records)} record(s) ({counts})"
+    )
+
+
+def _where(exp: Experiment, record: dict[str, Any]) -> str:
+    index = next(i for i, r in enumerate(exp.records, start=1) if r is record)
+    return f"{exp.records_path}: record {index} (trial {record.get('trial_id')})"
+
+
+def record_genotype(exp: Experiment, record: dict[str, Any]) -> Genotype:
+    """The record's genotype, validated by its space (with the search's space options)."""
+    data = record.get("genotype")
+    if not isinstance(data, dict):
+        raise NasSearchError(f"{_where(exp, record)}: genotype: missing or not a mapping")
+    try:
+        return genotype_from_dict(data, **exp.config.search.space_options)
+    except (NasSearchError, TypeError) as exc:
+        raise NasSearchError(f"{_where(exp, record)}: genotype: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- retrain config
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch: int) -> float:
+    """Linear scaling rule (Goyal et al.): lr grows with the batch; rounded to hide float noise."""
+    return float(f"{lr * batch_size / base_batch:.10g}")
+
+
+def _plain(model: Any) -> dict[str, Any]:
+    return json.loads(model.model_dump_json())
+
+
+def paper_sections(genotype: Genotype, search: ExperimentConfig) -> tuple[dict[str, Any], Recipe]:
+    """The paper recipe of the search's detector type with this genotype as its neck (and head)."""
+    recipe = PAPER_RECIPES[search.model.type]
+    sections = copy.deepcopy(recipe.sections)
+    model = sections["model"]
+    if genotype.space != recipe.space:
+        # A space searched on the other paper's detector: keep the search's neck options.
+        neck = _plain(search.model.neck)
+        neck.update(type=genotype.space, out_channels=model["neck"]["out_channels"])
+        model["neck"] = neck
+    model["num_classes"] = search.model.num_classes
+    model["genotype"] = genotype.to_dict()
+    return sections, recipe
+
+
+def search_sections(genotype: Genotype, search: ExperimentConfig) -> dict[str, Any]:
+    """The search's own (proxy) input, model and training settings with this genotype as its neck."""
+    sections = {name: _plain(getattr(search, name)) for name in ("input", "model", "train", "eval")}
+    sections["model"]["neck"]["type"] = genotype.space
+    sections["model"]["genotype"] = genotype.to_dict()
+    return sections
+
+
+def retrain_config(
+    exp: Experiment,
+    genotype: Genotype,
+    rank: int,
+    *,
+    recipe: str = "paper",
+    batch_size: int | None = None,
+) -> tuple[ExperimentConfig, list[str]]:
+    """The validated full-training config of one architecture and the header lines explaining it."""
+    search = exp.config
+    if recipe == "paper":
+        sections, paper = paper_sections(genotype, search)
+        origin = f"Recipe: the paper's, {paper.summary}."
+    else:
+        sections, paper = search_sections(genotype, search), None
+        origin = (
+            "Recipe: the search's own proxy settings (input, model, training) with this "
+            "architecture as the neck (--recipe search)."
+        )
+    train = sections["train"]
+    base_batch, base_lr = train["batch_size"], train["optimizer"]["lr"]
+    if batch_size is not None:
+        train["batch_size"] = batch_size
+        train["optimizer"]["lr"] = scaled_lr(base_lr, batch_size, base_batch)
+    raw = {
+        "name": f"{search.name}-retrain-{rank}",
+        "seed": search.seed,
+        "device": "auto" if recipe == "paper" else search.device,
+        "output_dir": search.output_dir,
+        "data": _plain(search.data),
+        **sections,
+    }
+    source = f"retrain-{rank}.yaml"
+    cfg = validate_config(raw, source, require_data=False)
+    scaled = ""
+    if batch_size is not None and batch_size != base_batch:
+        scaled = f" (scaled linearly from lr {base_lr:g} at {base_batch})"
+    notes = [
+        origin,
+        f"Learning rate {train['optimizer']['lr']:g} for {train['batch_size']} images per step"
+        f"{scaled}; scale it linearly if you change train.batch_size (warm-up is unchanged).",
+        _data_note(cfg, recipe),
+    ]
+    if paper is not None and genotype.space != paper.space:
+        notes.append(
+            f"Neck: the search's {genotype.space} settings at the recipe's width (the recipe "
+            f"comes from the {paper.space} paper, which used a {paper.space} neck)."
+        )
+    if paper is not None:
+        notes.append(f"Recommended: --set model.backbone.weights={paper.weights}")
+    return cfg, notes
+
+
+def _data_note(cfg: ExperimentConfig, recipe: str) -> str:
+    """What the data section needs on the training machine."""
+    data = cfg.data
+    if data.type == "coco" and not data.root:
+        return "Required: --set data.root=/path/to/coco"
+    if data.type == "coco":
+        return f"Data: as in the search, COCO-format files under {data.root} (--set data.root=...)."
+    note = "Data: as in the search, the embedded synthetic dataset"
+    if recipe == "paper":
+        note += " (the paper recipe is meant for COCO: --set data.type=coco data.root=/path/to/coco"
+        note += ", or export with --recipe search to keep the search's small settings)"
+    return note + "."
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except lists of plain values (`inputs: [4, 3]`, genotype cells) on one line."""
+
+    def represent_list(self, data: list[Any]) -> yaml.Node:
+        flow = all(not isinstance(item, (dict, list, tuple)) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
+
+
+def _yaml(data: dict[str, Any], header: list[str]) -> str:
+    """YAML text with a comment header (each note wrapped to the line length)."""
+    lines = [wrapped for note in header for wrapped in textwrap.wrap(note, 98)]
+    comments = "".join(f"# {line}\n" for line in lines)
+    return comments + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def _number(value: Any) -> Any:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def arch_document(
+    exp: Experiment, record: dict[str, Any], genotype: Genotype, rank: int
+) -> dict[str, Any]:
+    """What arch-k.yaml holds: the genotype (under `genotype`), proxy metrics and provenance."""
+    return {
+        "rank": rank,
+        "space": genotype.space,
+        "key": genotype.key(),
+        "baseline": bool(record.get("baseline")),
+        "genotype": genotype.to_dict(),
+        "proxy_metrics": {
+            name: _number(record.get(name))
+            for name in ("reward", "ap", "ap50", "val_loss", "params", "flops", "latency_ms")
+        },
+        "provenance": {
+            "experiment": str(exp.path.resolve()),
+            "trial_id": record.get("trial_id"),
+            "controller_step": record.get("controller_step"),
+            "candidate_id": record.get("candidate_id"),
+            "recorded": record.get("time"),
+            "search_space_options": dict(exp.config.search.space_options),
+            "config": str(exp.config_path.resolve()),
+            "config_sha256": exp.config_sha256,
+        },
+    }
+
+
+def _plan(
+    exp: Experiment,
+    rank: int,
+    record: dict[str, Any],
+    out: Path,
+    recipe: str,
+    batch_size: int | None,
+) -> _Planned:
+    """Validate one record and render its two YAML files (nothing is written here)."""
+    genotype = record_genotype(exp, record)
+    try:
+        cfg, notes = retrain_config(exp, genotype, rank, recipe=recipe, batch_size=batch_size)
+    except NasSearchError as exc:
+        raise NasSearchError(
+            f"{_where(exp, record)}: cannot make its retrain config: {exc}"
+        ) from None
+    what = f"Architecture #{rank} ({genotype.space} {genotype.key()})"
+    origin = f"the search in {exp.path.resolve()} (trial {record.get('trial_id')}"
+    arch_header = [
+        f"{what} of {origin}), exported by `nassearch export`. Proxy metrics are the search's "
+        "(flops: multiply-adds per image at the proxy input size).",
+        f"Use it in a config as `model.genotype: {out / f'arch-{rank}.yaml'}` with "
+        f"`model.neck.type: {genotype.space}`; draw it with `nassearch show "
+        f"{out / f'arch-{rank}.yaml'} --out arch.png`; retrain-{rank}.yaml trains it.",
+    ]
+    retrain_header = [
+        f"Full-training config of {what[0].lower()}{what[1:]}, from {origin}, config sha256 "
+        f"{exp.config_sha256[:12]}), exported by `nassearch export`.",
+        *notes,
+        f"Train: nassearch train {out / f'retrain-{rank}.yaml'} [--set KEY=VALUE ...]",
+    ]
+    retrain = json.loads(cfg.model_dump_json(exclude={"search", "proxy"}))
+    retrain["model"] = {"type": retrain["model"].pop("type"), **retrain["model"]}
+    stacks = cfg.model.neck.stacks if genotype.space == "nasfpn" else 1
+    return _Planned(
+        rank,
+        record,
+        genotype,
+        _yaml(arch_document(exp, record, genotype, rank), arch_header),
+        _yaml(retrain, retrain_header),
+        stacks,
+    )
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write through a temporary file in the same folder, so `path` is either old or complete."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_planned(item: _Planned, out: Path) -> ExportedArchitecture:
+    from nassearch.show import draw
+
+    k = item.rank
+    arch, retrain, image = out / f"arch-{k}.yaml", out / f"retrain-{k}.yaml", out / f"arch-{k}.png"
+    _atomic(arch, lambda p: p.write_text(item.arch_text))
+    _atomic(retrain, lambda p: p.write_text(item.retrain_text))
+    title = f"#{k} {item.genotype.key()}"
+    _atomic(image, lambda p: draw(item.genotype, p, title=title, stacks=item.stacks))
+    return ExportedArchitecture(
+        rank=k,
+        key=item.genotype.key(),
+        space=item.genotype.space,
+        reward=float(item.record["reward"]),
+        trial_id=item.record.get("trial_id"),
+        baseline=bool(item.record.get("baseline")),
+        arch_path=arch,
+        retrain_path=retrain,
+        image_path=image,
+        record=item.record,
+    )
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if _number(value) is None else format(value, spec)
+
+
+def _baseline_name(record: dict[str, Any]) -> str:
+    return str(record.get("trial_id") or "").removeprefix("baseline-") or "?"
+
+
+def leaderboard(
+    exp: Experiment,
+    exported: list[ExportedArchitecture],
+    reference: list[dict[str, Any]],
+    *,
+    recipe: str,
+) -> str:
+    """leaderboard.md: one table row per exported architecture, then baseline rows for reference."""
+    searched = [r for r in exp.records if not r.get("baseline")]
+    ok = [r for r in searched if is_successful(r)]
+    unique = {r.get("key") for r in ok}
+    baselines = len(exp.records) - len(searched)
+    lines = [
+        f"# Top {len(exported)} architectures of `{exp.config.name}`",
+        "",
+        f"The experiment `{exp.path.resolve()}` has {len(searched)} searched architectures "
+        f"({len(ok)} successful, {len(unique)} unique, {len(searched) - len(ok)} failed) "
+        f"and {baselines} baseline(s).",
+        f"Search space {exp.config.search.space}; metrics are the proxy task's (reward: "
+        f"{exp.config.proxy.reward}); retrain configs use the {recipe} recipe.",
+        "",
+        "| rank | key | reward | AP | AP50 | params | GMACs | latency (ms) | trial | files |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(str(e.rank), e.record, e) for e in exported]
+    rows += [("—", r, None) for r in reference]
+    for rank, record, item in rows:
+        if record.get("baseline"):
+            rank += f" (baseline {_baseline_name(record)})"
+        flops = _number(record.get("flops"))
+        files = (
+            "—"
+            if item is None
+            else ", ".join(
+                f"[{p.name}]({p.name})"
+                for p in (item.arch_path, item.retrain_path, item.image_path)
+            )
+        )
+        lines.append(
+            f"| {rank} | `{record.get('key')}` | {_fmt(record.get('reward'), '.4f')} "
+            f"| {_fmt(record.get('ap'), '.3f')} | {_fmt(record.get('ap50'), '.3f')} "
+            f"| {_fmt(record.get('params'), ',')} | {_fmt(flops and flops / 1e9, '.2f')} "
+            f"| {_fmt(record.get('latency_ms'), '.1f')} | {record.get('trial_id')} | {files} |"
+        )
+    exported_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines += ["", f"Exported {exported_at} by `nassearch export`."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- API
+
+
+def export_top(
+    exp_dir: str | Path | None,
+    top: int,
+    out: str | Path | None = None,
+    *,
+    include_baselines: bool = False,
+    recipe: str = "paper",
+    batch_size: int | None = None,
+    runs_dir: str | Path = "runs",
+    log: Log = print,
+) -> list[ExportedArchitecture]:
+    """Export the `top` best architectures of an experiment (default: the latest under `runs_dir`)."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise NasSearchError(f"--top: must be an integer of at least 1, got {top!r}")
+    if recipe not in RECIPE_CHOICES:
+        raise NasSearchError(f"--recipe: {recipe!r} (expected one of {', '.join(RECIPE_CHOICES)})")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise NasSearchError(f"--batch-size: must be an integer of at least 1, got {batch_size!r}")
+    log = log or (lambda _line: None)
+    exp = load_experiment(exp_dir if exp_dir is not None else latest_experiment(runs_dir))
+    ranked = rank_records(exp.records, include_baselines=include_baselines)
+    if not ranked:
+        raise _no_architecture_error(exp)
+    if top > len(ranked):
+        log(
+            f"only {len(ranked)} unique successful architecture(s) in {exp.records_path}; "
+            f"exporting {len(ranked)}, not {top}"
+        )
+    chosen = ranked[:top]
+    out = Path(out) if out is not None else exp.path / "export"
+    if out.exists() and not out.is_dir():
+        raise NasSearchError(f"--out {out}: exists and is not a folder")
+    planned = [
+        _plan(exp, rank, record, out, recipe, batch_size)
+        for rank, record in enumerate(chosen, start=1)
+    ]
+    reference = []
+    if include_baselines:
+        chosen_ids = {id(r) for r in chosen}
+        reference = [
+            r
+            for r in exp.records
+            if r.get("baseline") and is_successful(r) and id(r) not in chosen_ids
+        ]
+    out.mkdir(parents=True, exist_ok=True)
+    exported = []
+    for item in planned:
+        exported.append(_write_planned(item, out))
+        log(
+            f"#{item.rank} {item.genotype.space} {item.genotype.key()} reward "
+            f"{float(item.record['reward']):.4f} -> {out}/arch-{item.rank}.yaml, "
+            f"retrain-{item.rank}.yaml, arch-{item.rank}.png"
+        )
+    board = out / "leaderboard.md"
+    text = leaderboard(exp, exported, reference, recipe=recipe)
+    _atomic(board, lambda p: p.write_text(text))
+    log(f"leaderboard: {board}; train one with `nassearch train {exported[0].retrain_path}`")
+    return exported
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The `nassearch export` arguments (cli.py registers them on its subparser)."""
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        metavar="EXPERIMENT_DIR",
+        help="experiment folder (default: the latest one under --runs-dir)",
+    )
+    p.add_argument("--top", type=int, required=True, metavar="K", help="how many to export")
+    p.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/export)")
+    p.add_argument(
+        "--include-baselines",
+        action="store_true",
+        help="rank the baselines with the searched architectures (marked in the leaderboard)",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=RECIPE_CHOICES,
+        default="paper",
+        help="retrain-k.yaml settings: the paper's full-training recipe of the detector type "
+        "(default), or the search's own proxy settings (small; CPU, synthetic data)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per step of the retrain configs; lr is scaled linearly",
+    )
+    p.add_argument(
+        "--runs-dir", default="runs", help="where to look for the latest experiment (default: runs)"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run `nassearch export` from parsed arguments."""
+    export_top(
+        args.experiment,
+        args.top,
+        args.out,
+        include_baselines=args.include_baselines,
+        recipe=args.recipe,
+        batch_size=args.batch_size,
+        runs_dir=args.runs_dir,
+    )
+    return 0
