@@ -268,6 +268,10 @@ class ProxyConfig(Strict):
     # Each search trial reports its trainer state (last.pth) as a Tune checkpoint every epoch, so
     # an interrupted search resumes unfinished trials mid-way; off saves disk for big models.
     trial_checkpoints: bool = True
+    # Train trials on backbone features computed once per experiment (NAS-FCOS's proxy): `auto`
+    # does so whenever the backbone is frozen (frozen_stages 4 with norm_eval); no augmentation.
+    feature_cache: bool | Literal["auto"] = "auto"
+    feature_cache_dtype: Literal["float16", "float32"] = "float16"
 
 
 class SearchConfig(Strict):

@@ -23,13 +23,15 @@ from nassearch.config import ExperimentConfig, load_config, save_config
 from nassearch.controllers import build_controller
 from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.errors import NasSearchError
-from nassearch.proxy_eval.proxy_task import evaluate_candidate, proxy_datasets
+from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
+from nassearch.proxy_eval.proxy_task import evaluate_candidate
 from nassearch.proxy_eval.trial import proxy_trial
 from nassearch.records import RECORD_FILE, RecordWriter, read_records
 from nassearch.search_spaces import get_space, named_genotypes
 
 CONFIG_FILE = "config.yaml"
 TUNE_DIR = "tune"
+FEATURE_CACHE_DIR = "feature_cache"
 RESULT_FIELDS = (
     "reward",
     "status",
@@ -227,15 +229,34 @@ def run_search(
     # period narrows what a killed driver forgets (an unfinished trial resumes from its checkpoint).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     exp_dir = experiment_dir(cfg, storage)
+    new_folder = not exp_dir.exists()
     space, baselines = check_search(cfg, exp_dir, resume=resume)
     if resume:
         check_resume_config(cfg, exp_dir)
-    datasets = proxy_datasets(cfg)  # data errors surface here; synthetic data is generated once
-    if not ray.is_initialized():
-        ray.init(
-            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-    check_resources(cfg)
+    cache_dir = exp_dir / FEATURE_CACHE_DIR if uses_feature_cache(cfg) else None
+    try:
+        # Data errors surface here, before Ray starts; synthetic data is generated once.
+        datasets = proxy_datasets(cfg)
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        check_resources(cfg)
+        if cache_dir is not None:
+            log(
+                f"frozen backbone: trials train neck and head on features cached in {cache_dir} "
+                "(computed once, reused on resume; no augmentation)"
+            )
+            datasets = proxy_data(cfg, cache_dir)
+    except BaseException:
+        if not resume:  # leave no half-made experiment behind (it would block a new attempt)
+            shutil.rmtree(
+                exp_dir if new_folder else exp_dir / FEATURE_CACHE_DIR, ignore_errors=True
+            )
+        raise
     if not resume:
         save_config(cfg, exp_dir / CONFIG_FILE)
     records = exp_dir / RECORD_FILE
@@ -280,8 +301,14 @@ def make_tuner(
     """A new Tuner for the search, or the interrupted one restored from `<exp_dir>/tune`."""
     records = exp_dir / RECORD_FILE
     experiment = json.loads(cfg.model_dump_json())
+    cache_dir = exp_dir / FEATURE_CACHE_DIR if uses_feature_cache(cfg) else None
     trainable = tune.with_resources(
-        tune.with_parameters(proxy_trial, experiment=experiment, records_path=str(records)),
+        tune.with_parameters(
+            proxy_trial,
+            experiment=experiment,
+            records_path=str(records),
+            feature_cache=None if cache_dir is None else str(cache_dir),
+        ),
         {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
     )
     tune_dir = exp_dir / TUNE_DIR

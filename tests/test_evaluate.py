@@ -226,6 +226,9 @@ class LossDetector(nn.Module):
     def head_outputs(self, feats):
         return (feats.mean(dim=(1, 2, 3)) * 0 + self.w,)
 
+    def compute_losses(self, images, targets):
+        return self.loss(self.head_outputs(self.backbone(images)), targets, images.shape[-2:])
+
     def loss(self, outputs, targets, image_shape):
         self.loss_modes.append(self.training)
         (w,) = outputs

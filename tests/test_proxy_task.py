@@ -11,11 +11,11 @@ from nassearch.config import CostConfig, validate_config
 from nassearch.detectors.build import build_detector
 from nassearch.detectors.complexity import count_parameters
 from nassearch.proxy_eval import proxy_task
+from nassearch.proxy_eval.proxy_data import proxy_datasets
 from nassearch.proxy_eval.proxy_task import (
     apply_cost,
     candidate_config,
     evaluate_candidate,
-    proxy_datasets,
 )
 from nassearch.search_spaces.nasfpn import FPN, PAPER
 

@@ -39,6 +39,11 @@ class DenseDetector(nn.Module):
             return self.loss(outputs, targets, image_shape)
         return self.postprocess(outputs, image_shape, targets)
 
+    def compute_losses(self, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
+        """The loss dict in any mode (validation loss in eval mode; NAS-FCOS's reward)."""
+        outputs = self.head_outputs(self.backbone(images))
+        return self.loss(outputs, targets, images.shape[-2:])
+
     def head_outputs(self, feats: Sequence[Tensor]) -> Any:
         """Raw per-level head outputs from backbone features (through the neck)."""
         return self.head(self.neck(feats))

@@ -185,9 +185,7 @@ def validation_loss(
     count = 0
     with _eval_mode(model):
         for images, targets in _loader(dataset, batch_size, size_divisor):
-            images = images.to(device)
-            outputs = model.head_outputs(model.backbone(images))
-            losses = model.loss(outputs, _to_device(targets, device), images.shape[-2:])
+            losses = model.compute_losses(images.to(device), _to_device(targets, device))
             keys = list(losses.keys())
             values = torch.stack([losses[k].detach().float() for k in keys]).tolist()
             for key, value in zip(keys, values, strict=True):

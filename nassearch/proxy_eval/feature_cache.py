@@ -384,14 +384,28 @@ class CachedFeatureDataset(Dataset):
 
     With `packed=True` the features come as one `pack_features` tensor, so the unchanged `Trainer`
     (collate_detection + ``model(images, targets)``) can train a `CachedFeatureDetector`.
+    `source`, the dataset the cache was built from, lends its COCO ground truth (`coco`,
+    `cat_ids`, `image_ids`) so COCO evaluation works on cached features too.
     """
 
     def __init__(
-        self, cache: FeatureCache, *, packed: bool = False, dtype: torch.dtype = torch.float32
+        self,
+        cache: FeatureCache,
+        *,
+        packed: bool = False,
+        dtype: torch.dtype = torch.float32,
+        source: Any = None,
     ) -> None:
         self.cache = cache
         self.packed = packed
         self.dtype = dtype
+        if source is not None:
+            if [int(i) for i in source.image_ids] != cache.image_ids:
+                raise NasSearchError(
+                    f"feature cache {cache.cache_dir}: its images are not those of the dataset"
+                )
+            self.coco, self.cat_ids, self.image_ids = source.coco, source.cat_ids, source.image_ids
+            self.num_classes = len(source.cat_ids)
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -449,8 +463,18 @@ class CachedFeatureDetector(nn.Module):
         self._detector._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
+    def _levels(self, features: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        if isinstance(features, Tensor):
+            return unpack_features(features, self.feature_shapes)
+        return list(features)
+
     def forward(self, features: Tensor | Sequence[Tensor], targets: list[dict] | None = None):
         """Losses (training) or detections (eval) from per-level [B, C, H, W] or packed features."""
-        if isinstance(features, Tensor):
-            features = unpack_features(features, self.feature_shapes)
-        return self._detector.forward_features(list(features), self.image_shape, targets)
+        return self._detector.forward_features(self._levels(features), self.image_shape, targets)
+
+    def compute_losses(
+        self, features: Tensor | Sequence[Tensor], targets: list[dict]
+    ) -> dict[str, Tensor]:
+        """The detector's loss dict in any mode (validation loss, NAS-FCOS's reward)."""
+        outputs = self._detector.head_outputs(self._levels(features))
+        return self._detector.loss(outputs, targets, self.image_shape)

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from nassearch.config import CostConfig, ExperimentConfig
-from nassearch.data.build import build_dataset, split_paths
-from nassearch.data.coco import CocoDetection
 from nassearch.detectors.build import build_detector
 from nassearch.detectors.complexity import count_macs, count_parameters
 from nassearch.device import resolve_device, use_bf16
 from nassearch.proxy_eval.evaluate import evaluate_detector, validation_loss
+from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, CachedFeatureDetector
+from nassearch.proxy_eval.proxy_data import proxy_datasets
 from nassearch.proxy_eval.trainer import Trainer
 from nassearch.search_spaces.base import Genotype
 
@@ -51,25 +51,6 @@ class ProxyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def proxy_datasets(cfg: ExperimentConfig) -> tuple[CocoDetection, CocoDetection]:
-    """Proxy-training images and reward images: a seeded holdout split of the training set.
-
-    `proxy.reward_holdout` images go to the reward side (evaluated without augmentation); the
-    rest are trained on. Any holdout already set on `data.train` is replaced by this one.
-    """
-    _, _, split = split_paths(cfg.data, "train")
-    held = split.model_copy(
-        update={"holdout": cfg.proxy.reward_holdout, "holdout_seed": cfg.proxy.reward_holdout_seed}
-    )
-    train = build_dataset(
-        cfg, "train", train=True, split_cfg=held.model_copy(update={"holdout_part": "rest"})
-    )
-    reward = build_dataset(
-        cfg, "train", train=False, split_cfg=held.model_copy(update={"holdout_part": "held_out"})
-    )
-    return train, reward
 
 
 def candidate_config(genotype: Genotype, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -129,7 +110,7 @@ def evaluate_candidate(
     genotype: Genotype,
     cfg: ExperimentConfig,
     *,
-    datasets: tuple[CocoDetection, CocoDetection] | None = None,
+    datasets: tuple[Any, Any] | None = None,
     work_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     resume: bool = False,
@@ -138,6 +119,8 @@ def evaluate_candidate(
 
     With `work_dir`, the trainer keeps `work_dir/checkpoints/last.pth` after every epoch and
     `resume=True` continues from it (an interrupted trial picks up where it stopped).
+    `datasets` (default: `proxy_datasets(cfg)`) may be cached features (`proxy_data`): then only
+    neck and head run, while parameters, MACs and latency still count the whole detector.
     """
     proxy = cfg.proxy
     result = ProxyResult(reward=proxy.failure_reward, genotype_key=genotype.key())
@@ -153,6 +136,8 @@ def evaluate_candidate(
         result.flops = count_macs(model, size)["total"]
         model.to(device)
         result.latency_ms = measure_latency_ms(model, size, device, batch=proxy.latency_batch)
+        if isinstance(train_set, CachedFeatureDataset):
+            model = CachedFeatureDetector.from_cache(model, train_set.cache)
         if proxy.cost is not None and proxy.cost.hard_limit:
             value = cost_value(proxy.cost, result)
             if value > proxy.cost.target:

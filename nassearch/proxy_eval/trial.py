@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from nassearch.config import validate_config
+from nassearch.proxy_eval.proxy_data import proxy_data
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
 from nassearch.records import read_records
 from nassearch.search_spaces import genotype_from_dict
@@ -67,10 +68,12 @@ def proxy_trial(
     config: dict[str, Any],
     experiment: dict[str, Any],
     records_path: str | None = None,
+    feature_cache: str | None = None,
 ) -> None:
     """Tune function trainable: `config["genotype"]` from the searcher, `experiment` the resolved config.
 
-    `records_path` is the experiment's architectures.jsonl (read only). With
+    `records_path` is the experiment's architectures.jsonl (read only); `feature_cache` the
+    experiment's feature cache folder, which the driver built (opened and checked here). With
     `proxy.trial_checkpoints` off there are no per-epoch checkpoints (less disk for big models;
     an interrupted trial then restarts from scratch).
     """
@@ -90,6 +93,7 @@ def proxy_trial(
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
     genotype = genotype_from_dict(config["genotype"])
     checkpoints = cfg.proxy.trial_checkpoints
+    datasets = proxy_data(cfg, feature_cache, progress=False)
 
     with tempfile.TemporaryDirectory(prefix="nassearch-trial-") as work_dir:
         last = Path(work_dir) / "checkpoints" / CHECKPOINT_FILE
@@ -114,6 +118,7 @@ def proxy_trial(
         result = evaluate_candidate(
             genotype,
             cfg,
+            datasets=datasets,
             work_dir=work_dir if checkpoints else None,
             on_epoch_end=on_epoch_end,
             resume=resume,
