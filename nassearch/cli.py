@@ -1,4 +1,4 @@
-"""`nassearch` command line: run, train, eval, summary, show, data synth.
+"""`nassearch` command line: run, export, train, eval, summary, show, data synth.
 
 Every command turns bad input into one line on stderr (`error: <file>: <key>: <problem>`) and exit
 status 2; nothing else is printed as a traceback.
@@ -51,6 +51,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue an interrupted search (CONFIG may then be its experiment folder)",
+    )
+
+    p = sub.add_parser(
+        "export",
+        help="write a search's top-K architectures: genotype, retrain config, picture, leaderboard",
+    )
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        metavar="EXPERIMENT_DIR",
+        help="experiment folder (default: the most recent one under --runs-dir)",
+    )
+    p.add_argument("--top", type=int, required=True, metavar="K", help="how many to export")
+    p.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/export)")
+    p.add_argument(
+        "--include-baselines",
+        action="store_true",
+        help="rank the baselines with the searched architectures (marked in the leaderboard)",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=("paper", "search"),
+        default="paper",
+        help="full-training recipe of the paper (default) or the search's own small settings",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per step in the retrain configs; the learning rate is scaled linearly",
+    )
+    p.add_argument(
+        "--runs-dir", default="runs", help="where to look for the latest experiment (default: runs)"
     )
 
     p = sub.add_parser("train", help="train a fixed architecture and report its COCO AP")
@@ -128,6 +162,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from nassearch.export import cmd_export as export
+
+    return export(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from nassearch.train import run_train
 
@@ -191,6 +231,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "export": cmd_export,
     "train": cmd_train,
     "eval": cmd_eval,
     "summary": cmd_summary,

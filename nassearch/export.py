@@ -33,165 +33,12 @@ import yaml
 
 from nassearch.config import ExperimentConfig, load_config, validate_config
 from nassearch.errors import NasSearchError
+from nassearch.recipes import PAPER_RECIPES, RECIPE_CHOICES, Recipe
 from nassearch.records import RECORD_FILE, read_records
 from nassearch.search_spaces import Genotype, genotype_from_dict
 
 CONFIG_FILE = "config.yaml"  # the resolved search config `nassearch run` saves (search.py)
-RECIPE_CHOICES = ("paper", "search")
 Log = Callable[[str], None] | None
-
-
-# ------------------------------------------------------------------------------------ recipes
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A paper's full-training recipe: the config sections `nassearch train` needs besides data."""
-
-    detector: str  # model.type it applies to
-    space: str  # the search space whose paper it comes from
-    summary: str  # one line for the retrain YAML's header
-    weights: str  # the backbone weights it expects
-    sections: dict[str, Any]  # input, model (without genotype), train, eval
-
-
-# experiments/retrain/retinanet_r50_nasfpn_7x256.yaml without its data and genotype (a test
-# checks that they agree): NAS-FPN paper, Sec. 4 and Google's TPU config.
-NASFPN_RECIPE = Recipe(
-    detector="retinanet",
-    space="nasfpn",
-    summary=(
-        "RetinaNet R-50 + NAS-FPN (7 stacks x 256), 640x640 crops with 0.8-1.2 scale jitter, "
-        "SGD lr 0.08 at 64 images per step, 50 epochs with x0.1 at 30 and 40, focal gamma 1.5"
-    ),
-    weights="/path/to/resnet50.pth (torchvision ImageNet state dict)",
-    sections={
-        "input": {
-            "mode": "square",
-            "size": 640,
-            "scale_range": [0.8, 1.2],
-            "flip_prob": 0.5,
-            "normalize": "imagenet",
-            "size_divisor": 128,
-        },
-        "model": {
-            "type": "retinanet",
-            "backbone": {
-                "depth": 50,
-                "weights": None,
-                "frozen_stages": 1,
-                "norm_eval": False,
-                "style": "pytorch",
-            },
-            "neck": {"type": "nasfpn", "out_channels": 256, "stacks": 7, "style": "tensorflow"},
-            "num_convs": 4,
-            "feat_channels": 256,
-            "head_norm": "bn",
-            "separate_norm_per_level": True,
-            "octave_base_scale": 4,
-            "scales_per_octave": 3,
-            "ratios": [0.5, 1.0, 2.0],
-            "pos_iou_thr": 0.5,
-            "neg_iou_thr": 0.5,
-            "min_pos_iou": 0.0,
-            "focal_alpha": 0.25,
-            "focal_gamma": 1.5,
-            "box_loss": "smooth_l1",
-            "smooth_l1_beta": 0.1,
-            "score_thresh": 0.05,
-            "nms_thresh": 0.5,
-            "topk_candidates": 1000,
-            "detections_per_img": 100,
-        },
-        "train": {
-            "epochs": 50,
-            "batch_size": 64,
-            "optimizer": {
-                "type": "sgd",
-                "lr": 0.08,
-                "momentum": 0.9,
-                "weight_decay": 0.0001,
-                "no_decay_norm_bias": True,
-            },
-            "schedule": {
-                "type": "step",
-                "milestones": [30, 40],
-                "gamma": 0.1,
-                "warmup_iters": 1000,
-                "warmup_ratio": 0.1,
-            },
-            "eval_interval": 5,
-            "num_workers": 8,
-        },
-        "eval": {"batch_size": 8},
-    },
-)
-
-# experiments/retrain/fcos_r50_nasfcos.yaml without its data and genotype (a test checks it).
-NASFCOS_RECIPE = Recipe(
-    detector="fcos",
-    space="nasfcos",
-    summary=(
-        "FCOS R-50 (caffe, frozen BN) + NAS-FCOS, shorter side 800, SGD lr 0.01 at 16 images "
-        "per step, 1x schedule (12 epochs, x0.1 at 8 and 11)"
-    ),
-    weights="/path/to/resnet50_caffe.pth (caffe-style weights with torchvision key names)",
-    sections={
-        "input": {
-            "mode": "resize",
-            "short_side": 800,
-            "max_size": 1333,
-            "flip_prob": 0.5,
-            "normalize": "caffe",
-            "size_divisor": 32,
-        },
-        "model": {
-            "type": "fcos",
-            "backbone": {
-                "depth": 50,
-                "weights": None,
-                "frozen_stages": 1,
-                "norm_eval": True,
-                "freeze_norm": True,
-                "style": "caffe",
-            },
-            "neck": {"type": "nasfcos", "out_channels": 256, "upsample": "bilinear"},
-            "centerness_on": "cls",
-            "regress_ranges": [[-1, 64], [64, 128], [128, 256], [256, 512], [512, 100000000]],
-            "center_sampling": False,
-            "focal_alpha": 0.25,
-            "focal_gamma": 2.0,
-            "box_loss": "log",
-            "score_thresh": 0.05,
-            "nms_thresh": 0.6,
-            "topk_candidates": 1000,
-            "detections_per_img": 100,
-        },
-        "train": {
-            "epochs": 12,
-            "batch_size": 16,
-            "optimizer": {
-                "type": "sgd",
-                "lr": 0.01,
-                "momentum": 0.9,
-                "weight_decay": 0.0001,
-                "bias_lr_mult": 2.0,
-            },
-            "schedule": {
-                "type": "step",
-                "milestones": [8, 11],
-                "gamma": 0.1,
-                "warmup_iters": 500,
-                "warmup_ratio": 0.333,
-            },
-            "eval_interval": 1,
-            "num_workers": 4,
-        },
-        "eval": {"batch_size": 8},
-    },
-)
-
-PAPER_RECIPES = {recipe.detector: recipe for recipe in (NASFPN_RECIPE, NASFCOS_RECIPE)}
 
 
 # --------------------------------------------------------------------------------- experiment
@@ -343,7 +190,8 @@ def record_genotype(exp: Experiment, record: dict[str, Any]) -> Genotype:
     data = record.get("genotype")
     if not isinstance(data, dict):
         raise NasSearchError(f"{_where(exp, record)}: genotype: missing or not a mapping")
-    try:
+    try:  # records always name their space; a hand-written one may leave it to the search's
+        data = {"space": exp.config.search.space, **data}
         return genotype_from_dict(data, **exp.config.search.space_options)
     except (NasSearchError, TypeError) as exc:
         raise NasSearchError(f"{_where(exp, record)}: genotype: {exc}") from None
@@ -467,7 +315,9 @@ _Dumper.add_representer(list, _Dumper.represent_list)
 
 def _yaml(data: dict[str, Any], header: list[str]) -> str:
     """YAML text with a comment header (each note wrapped to the line length)."""
-    lines = [wrapped for note in header for wrapped in textwrap.wrap(note, 98)]
+    lines = [
+        wrapped for note in header for wrapped in textwrap.wrap(note, 98, break_on_hyphens=False)
+    ]
     comments = "".join(f"# {line}\n" for line in lines)
     return comments + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
 
@@ -603,9 +453,9 @@ def leaderboard(
     lines = [
         f"# Top {len(exported)} architectures of `{exp.config.name}`",
         "",
-        f"The experiment `{exp.path.resolve()}` has {len(searched)} searched architectures "
-        f"({len(ok)} successful, {len(unique)} unique, {len(searched) - len(ok)} failed) "
-        f"and {baselines} baseline(s).",
+        f"The experiment `{exp.path.resolve()}` has {len(searched)} evaluated architectures "
+        f"({len(ok)} successful, of which {len(unique)} unique; {len(searched) - len(ok)} "
+        f"failed) and {baselines} baseline(s).",
         f"Search space {exp.config.search.space}; metrics are the proxy task's (reward: "
         f"{exp.config.proxy.reward}); retrain configs use the {recipe} recipe.",
         "",
@@ -703,40 +553,6 @@ def export_top(
 
 
 # ----------------------------------------------------------------------------------------- CLI
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """The `nassearch export` arguments (cli.py registers them on its subparser)."""
-    p.add_argument(
-        "experiment",
-        nargs="?",
-        metavar="EXPERIMENT_DIR",
-        help="experiment folder (default: the latest one under --runs-dir)",
-    )
-    p.add_argument("--top", type=int, required=True, metavar="K", help="how many to export")
-    p.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/export)")
-    p.add_argument(
-        "--include-baselines",
-        action="store_true",
-        help="rank the baselines with the searched architectures (marked in the leaderboard)",
-    )
-    p.add_argument(
-        "--recipe",
-        choices=RECIPE_CHOICES,
-        default="paper",
-        help="retrain-k.yaml settings: the paper's full-training recipe of the detector type "
-        "(default), or the search's own proxy settings (small; CPU, synthetic data)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="images per step of the retrain configs; lr is scaled linearly",
-    )
-    p.add_argument(
-        "--runs-dir", default="runs", help="where to look for the latest experiment (default: runs)"
-    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:

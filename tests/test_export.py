@@ -1,0 +1,386 @@
+"""`nassearch export`: ranking the records of a search and the files written for its top K."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from nassearch.cli import main
+from nassearch.config import load_config, save_config, validate_config
+from nassearch.detectors.build import build_detector, model_genotype
+from nassearch.errors import NasSearchError
+from nassearch.export import (
+    export_top,
+    load_experiment,
+    rank_records,
+    retrain_config,
+)
+from nassearch.records import RecordWriter
+from nassearch.search_spaces import get_space, named_genotypes, resolve_genotype
+from nassearch.show import load_genotype
+
+RETRAIN = Path(__file__).resolve().parents[1] / "experiments" / "retrain"
+NASFPN = named_genotypes("nasfpn")
+NASFCOS = named_genotypes("nasfcos")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search_config(tmp_path: Path, name: str = "exp", **search) -> dict:
+    """A tiny synthetic-data search config, as `nassearch run` would save it."""
+    return {
+        "name": name,
+        "seed": 3,
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {
+            "type": "synthetic",
+            "synthetic": {"num_train": 12, "num_val": 2, "image_size": 64, "max_object_size": 48},
+        },
+        "input": {"mode": "square", "size": 64, "size_divisor": 64},
+        "model": {
+            "num_classes": 6,
+            "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
+            "neck": {"out_channels": 16},
+            "num_convs": 1,
+            "feat_channels": 16,
+        },
+        "train": {
+            "epochs": 1,
+            "batch_size": 4,
+            "optimizer": {"type": "adamw", "lr": 0.001},
+            "schedule": {"type": "cosine", "warmup_iters": 7},
+            "tensorboard": False,
+        },
+        "search": {"space": "nasfpn", "baselines": ["FPN"], **search},
+    }
+
+
+def record(genotype, reward, trial_id, *, params=1000, status="ok", baseline=False, **extra):
+    """One architectures.jsonl record with the fields `search.record_of` writes."""
+    return {
+        "reward": reward,
+        "status": status,
+        "message": "" if status == "ok" else "boom",
+        "ap": reward,
+        "ap50": None if reward is None else reward + 0.2,
+        "val_loss": 1.5,
+        "params": params,
+        "flops": 2_500_000_000,
+        "latency_ms": 12.5,
+        "train_seconds": 30.0,
+        "genotype": genotype.to_dict(),
+        "key": genotype.key(),
+        "controller_step": None if baseline else 1,
+        "candidate_id": None if baseline else int(trial_id.removeprefix("t") or 0),
+        "metrics": {},
+        "time": "2026-01-01T00:00:00+00:00",
+        "trial_id": trial_id,
+        "baseline": baseline,
+        **extra,
+    }
+
+
+def make_experiment(tmp_path: Path, records: list[dict], cfg: dict | None = None) -> Path:
+    cfg = cfg or search_config(tmp_path)
+    exp = tmp_path / "runs" / cfg["name"]
+    save_config(validate_config(cfg), exp / "config.yaml")
+    with RecordWriter(exp / "architectures.jsonl") as writer:
+        for r in records:
+            writer.append(r)
+    return exp
+
+
+def samples(space: str = "nasfpn", n: int = 4, **options) -> list:
+    """Distinct legal genotypes drawn from a space with fixed seeds."""
+    sp = get_space(space, **options)
+    out = {}
+    for seed in range(100):
+        g = sp.sample(np.random.default_rng(seed))
+        out.setdefault(g.key(), g)
+        if len(out) == n:
+            return list(out.values())
+    raise AssertionError("not enough distinct samples")
+
+
+@pytest.fixture
+def ranked_records():
+    a, b, c, d = samples()
+    return [
+        record(NASFPN["FPN"], 0.8, "baseline-FPN", baseline=True),
+        record(a, 0.5, "t1", params=300),
+        record(b, 0.5, "t2", params=200),  # ties with a: fewer parameters first
+        record(c, 0.9, "t3", status="error"),  # failed: excluded whatever its reward
+        record(a, 0.6, "t4", params=300),  # a again: the better record counts
+        record(d, None, "t5", status="nan"),
+        record(d, 0.1, "t6"),
+    ]
+
+
+def test_ranking_ties_duplicates_failures_and_baselines(ranked_records):
+    ranked = rank_records(ranked_records)
+    assert [r["trial_id"] for r in ranked] == ["t4", "t2", "t6"]
+    with_baselines = rank_records(ranked_records, include_baselines=True)
+    assert [r["trial_id"] for r in with_baselines] == ["baseline-FPN", "t4", "t2", "t6"]
+
+
+def test_export_writes_loadable_files(tmp_path, ranked_records):
+    exp = make_experiment(tmp_path, ranked_records)
+    lines = []
+    exported = export_top(exp, 2, batch_size=16, log=lines.append)
+    out = exp / "export"
+    assert [e.rank for e in exported] == [1, 2] and [e.trial_id for e in exported] == ["t4", "t2"]
+    per_rank = [f"arch-{k}.yaml" for k in (1, 2)] + [f"retrain-{k}.yaml" for k in (1, 2)]
+    per_rank += [f"arch-{k}.png" for k in (1, 2)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(per_rank + ["leaderboard.md"])
+    by_trial = {r["trial_id"]: r for r in ranked_records}
+    for e in exported:
+        want = by_trial[e.trial_id]
+        # arch-k.yaml: the genotype for resolve_genotype / `nassearch show`, metrics, provenance.
+        assert resolve_genotype(str(e.arch_path), "nasfpn").key() == want["key"] == e.key
+        assert load_genotype(str(e.arch_path))[0].key() == want["key"]
+        arch = yaml.safe_load(e.arch_path.read_text())
+        assert arch["genotype"] == want["genotype"] and arch["space"] == "nasfpn"
+        metrics = arch["proxy_metrics"]
+        assert (metrics["reward"], metrics["params"], metrics["flops"]) == (
+            want["reward"],
+            want["params"],
+            want["flops"],
+        )
+        prov = arch["provenance"]
+        assert prov["trial_id"] == e.trial_id and prov["controller_step"] == 1
+        assert prov["candidate_id"] == want["candidate_id"]
+        assert (
+            prov["config_sha256"] == hashlib.sha256((exp / "config.yaml").read_bytes()).hexdigest()
+        )
+        assert Path(prov["experiment"]) == exp.resolve()
+        with Image.open(e.image_path) as image:
+            assert image.format == "PNG" and image.width > 400
+    # retrain-1.yaml: the NAS-FPN paper recipe at batch 16 (lr 0.08 * 16 / 64), the genotype inline.
+    text = exported[0].retrain_path.read_text()
+    assert text.startswith("# Full-training config of architecture #1")
+    assert "model.backbone.weights=" in text and "Learning rate 0.02 for 16 images" in text
+    cfg = load_config(exported[0].retrain_path)
+    assert cfg.name == "exp-retrain-1" and cfg.output_dir == str(tmp_path / "runs")
+    assert (cfg.train.batch_size, cfg.train.optimizer.lr) == (16, 0.02)
+    assert cfg.train.schedule.warmup_iters == 1000 and cfg.train.schedule.milestones == [30, 40]
+    assert (cfg.model.neck.stacks, cfg.model.neck.out_channels, cfg.model.focal_gamma) == (
+        7,
+        256,
+        1.5,
+    )
+    assert cfg.input.size == 640 and cfg.model.backbone.depth == 50
+    search = load_config(exp / "config.yaml")
+    assert cfg.data == search.data and cfg.model.num_classes == 6 and cfg.seed == 3
+    assert isinstance(cfg.model.genotype, dict)  # inline: no file of the experiment needed
+    detector = build_detector(cfg.model, cfg.model.num_classes)
+    assert model_genotype(cfg.model).key() == by_trial["t4"]["key"]
+    assert len(detector.neck.stacks) == 7 and detector.neck.out_channels == 256
+    board = (out / "leaderboard.md").read_text()
+    assert (
+        "| 1 | `" + by_trial["t4"]["key"] in board and "[retrain-2.yaml](retrain-2.yaml)" in board
+    )
+    assert (
+        "6 evaluated architectures (4 successful, of which 3 unique; 2 failed) and 1 baseline"
+        in board
+    )
+    assert "baseline" not in board.split("|---|")[-1]  # no baseline rows unless asked
+    assert "2.50" in board and "0.6000" in board  # GMACs, reward
+    assert not any("only" in line for line in lines)
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_include_baselines_ranks_and_marks_them(tmp_path, ranked_records):
+    exp = make_experiment(tmp_path, ranked_records)
+    exported = export_top(exp, 1, include_baselines=True, log=None)
+    assert exported[0].baseline and exported[0].key == NASFPN["FPN"].key()
+    board = (exp / "export" / "leaderboard.md").read_text()
+    assert "| 1 (baseline FPN) | `" + NASFPN["FPN"].key() in board
+    # A baseline outside the top K is still listed, for comparison, without files.
+    ranked_records[0]["reward"] = 0.05
+    exp2 = make_experiment(tmp_path / "b", ranked_records)
+    export_top(exp2, 1, include_baselines=True, log=None)
+    board = (exp2 / "export" / "leaderboard.md").read_text()
+    assert "| 1 | `" in board and "| — (baseline FPN) | `" + NASFPN["FPN"].key() in board
+
+
+@pytest.mark.parametrize(
+    ("shipped", "space", "detector"),
+    [("retinanet_r50_nasfpn_7x256.yaml", "nasfpn", "retinanet"), ("fcos_r50_nasfcos.yaml", "nasfcos", "fcos")],
+)  # fmt: skip
+def test_paper_recipes_equal_the_shipped_retrain_configs(tmp_path, shipped, space, detector):
+    cfg = search_config(tmp_path, space=space, baselines=[])
+    cfg["model"]["type"] = detector
+    exp = load_experiment(make_experiment(tmp_path, [record(NASFPN["FPN"], 0.1, "t1")], cfg))
+    paper = NASFPN["PAPER"] if space == "nasfpn" else NASFCOS["PAPER"]
+    ours, _ = retrain_config(exp, paper, 1)
+    theirs = load_config(RETRAIN / shipped, ["data.root=/coco"])
+    assert model_genotype(ours.model).key() == model_genotype(theirs.model).key()
+    skip = {"name", "seed", "output_dir", "data", "search", "proxy"}
+    a, b = (json.loads(c.model_dump_json(exclude=skip)) for c in (ours, theirs))
+    for d in (a, b):
+        d["model"].pop("genotype"), d["model"].pop("num_classes")
+    assert a == b
+
+
+def test_search_recipe_keeps_the_search_settings_and_builds(tmp_path):
+    # A NAS-FCOS head search (part head) on FCOS: space options must carry through.
+    cfg = search_config(tmp_path, space="nasfcos", space_options={"part": "head"}, baselines=[])
+    cfg["model"].update(type="fcos", neck={"out_channels": 32}, feat_channels=32)
+    heads = samples("nasfcos", 2, part="head")
+    exp = make_experiment(tmp_path, [record(g, 0.1 * i, f"t{i}") for i, g in enumerate(heads)], cfg)
+    exported = export_top(exp, 1, recipe="search", batch_size=8, log=None)
+    assert exported[0].key == heads[1].key()
+    retrain = load_config(exported[0].retrain_path)
+    search = load_config(exp / "config.yaml")
+    assert "--recipe search" in exported[0].retrain_path.read_text()
+    assert retrain.model.neck.type == "nasfcos" and retrain.model.backbone.depth == 10
+    assert retrain.input == search.input and retrain.train.epochs == search.train.epochs
+    assert (retrain.train.batch_size, retrain.train.optimizer.lr) == (8, 0.002)  # 0.001 * 8 / 4
+    assert retrain.train.schedule.warmup_iters == 7 and retrain.device == "cpu"
+    detector = build_detector(retrain.model, 6)
+    assert model_genotype(retrain.model).key() == heads[1].key()
+    assert type(detector).__name__ == "FCOS" and detector.num_classes == 6
+    assert resolve_genotype(str(exported[0].arch_path), "nasfcos").key() == heads[1].key()
+
+
+def test_default_experiment_is_the_most_recent_under_runs(tmp_path, monkeypatch):
+    a, b = samples(n=2)
+    old = make_experiment(tmp_path, [record(a, 0.3, "t1")], search_config(tmp_path, "old"))
+    new = make_experiment(tmp_path, [record(b, 0.2, "t1")], search_config(tmp_path, "new"))
+    (tmp_path / "runs" / "not-an-experiment").mkdir()
+    os.utime(old / "architectures.jsonl", (1e9, 2e9))
+    os.utime(new / "architectures.jsonl", (1e9, 1e9))
+    monkeypatch.chdir(tmp_path)
+    exported = export_top(None, 1, recipe="search", log=None)  # runs_dir defaults to ./runs
+    assert exported[0].key == a.key() and exported[0].arch_path.parent == Path("runs/old/export")
+    os.utime(new / "architectures.jsonl", (1e9, 3e9))
+    assert export_top(None, 1, recipe="search", log=None)[0].key == b.key()
+
+
+def test_truncated_last_line_is_skipped_with_a_warning(tmp_path):
+    a, b = samples(n=2)
+    exp = make_experiment(tmp_path, [record(a, 0.3, "t1"), record(b, 0.2, "t2")])
+    with open(exp / "architectures.jsonl", "a") as f:
+        f.write(json.dumps(record(b, 0.9, "t3"))[:40])  # the driver died mid-write
+    with pytest.warns(UserWarning, match=r"architectures.jsonl:3: skipping a truncated"):
+        exported = export_top(exp, 5, recipe="search", log=None)
+    assert [e.trial_id for e in exported] == ["t1", "t2"]
+
+
+def test_k_larger_than_available_exports_what_exists_and_says_so(tmp_path, ranked_records):
+    exp = make_experiment(tmp_path, ranked_records)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "arch-4.yaml").write_text("kept\n")  # ranks not being written are left alone
+    (out / "arch-1.yaml").write_text("replaced\n")
+    lines = []
+    exported = export_top(exp, 10, out, recipe="search", log=lines.append)
+    assert [e.rank for e in exported] == [1, 2, 3]
+    assert any(
+        "only 3 unique successful architecture(s)" in line and "not 10" in line for line in lines
+    )
+    assert (out / "arch-4.yaml").read_text() == "kept\n"
+    assert "replaced" not in (out / "arch-1.yaml").read_text()
+    assert "# Top 3 architectures" in (out / "leaderboard.md").read_text()
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, ranked_records, monkeypatch):
+    exp = make_experiment(tmp_path, ranked_records)
+
+    def broken_draw(genotype, out, **kwargs):
+        Path(out).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("nassearch.show.draw", broken_draw)
+    with pytest.raises(OSError, match="disk full"):
+        export_top(exp, 2, recipe="search", log=None)
+    out = exp / "export"
+    assert sorted(p.name for p in out.iterdir()) == ["arch-1.yaml", "retrain-1.yaml"]
+    assert load_config(out / "retrain-1.yaml").name == "exp-retrain-1"  # complete files only
+
+
+def run_cli(argv: list[str]) -> int:
+    return main(["export", *argv])
+
+
+def test_cli_arguments(tmp_path, ranked_records, capsys):
+    exp = make_experiment(tmp_path, ranked_records)
+    argv = [str(exp), "--top", "2", "--out", str(tmp_path / "o"), "--recipe", "search"]
+    assert run_cli(argv + ["--batch-size", "2", "--include-baselines"]) == 0
+    assert "leaderboard" in capsys.readouterr().out
+    cfg = load_config(tmp_path / "o" / "retrain-2.yaml")
+    assert (cfg.train.batch_size, cfg.train.optimizer.lr) == (2, 0.0005)
+    assert yaml.safe_load((tmp_path / "o" / "arch-1.yaml").read_text())["baseline"] is True
+
+
+def _without(name):
+    def setup(tmp_path, records):
+        exp = make_experiment(tmp_path, records)
+        (exp / name).unlink()
+        return exp
+
+    return setup
+
+
+def _bad_genotype(tmp_path, records):
+    records[4]["genotype"]["cells"][0]["level"] = 9
+    return make_experiment(tmp_path, records)
+
+
+def _failed(tmp_path, records):
+    return make_experiment(tmp_path, [{**r, "status": "error"} for r in records])
+
+
+def _only_baselines_ok(tmp_path, records):
+    return make_experiment(
+        tmp_path, [r if r["baseline"] else {**r, "status": "oom"} for r in records]
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "kwargs", "needle"),
+    [
+        (lambda t, r: None, {}, "runs: no experiment folder (one holding architectures.jsonl"),
+        (_without("config.yaml"), {}, "exp: not an experiment folder (no config.yaml)"),
+        (_without("architectures.jsonl"), {}, "exp: not an experiment folder (no architectures.jsonl)"),
+        (lambda t, r: make_experiment(t, []), {}, "architectures.jsonl: no readable architecture record"),
+        (_failed, {}, "no successful architecture among 7 record(s) (7 error)"),
+        (_only_baselines_ok, {}, "1 baseline(s) succeeded (pass --include-baselines to export them)"),
+        (make_experiment, {"top": 0}, "--top: must be an integer of at least 1, got 0"),
+        (make_experiment, {"batch_size": 0}, "--batch-size: must be an integer of at least 1, got 0"),
+        (make_experiment, {"recipe": "huge"}, "--recipe: 'huge' (expected one of paper, search)"),
+        (_bad_genotype, {}, "architectures.jsonl: record 5 (trial t4): genotype: "),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line(tmp_path, ranked_records, monkeypatch, setup, kwargs, needle):
+    exp = setup(tmp_path, ranked_records)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NasSearchError) as info:
+        export_top(exp, **{"top": 2, "log": None, **kwargs})
+    message = str(info.value)
+    assert needle in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "runs" / "exp" / "export").exists()  # nothing written
+
+
+def test_all_corrupt_records_are_an_error(tmp_path):
+    exp = make_experiment(tmp_path, [])
+    (exp / "architectures.jsonl").write_text('{"reward": 0.\n[1, 2]\n')
+    with pytest.warns(UserWarning), pytest.raises(NasSearchError, match="every line is corrupt"):
+        export_top(exp, 1, log=None)
+    with pytest.raises(NasSearchError, match="no such experiment folder"):
+        export_top(tmp_path / "nope", 1, log=None)
