@@ -150,3 +150,45 @@ def test_genotype_from_an_exported_arch_file(tmp_path, capsys):
         )
     )
     assert summary_json(capsys, path)["params"] == by_file["params"]
+
+
+@pytest.mark.parametrize(
+    ("space", "options"),
+    [
+        ("nasfpn", {"num_cells": 5}),
+        ("nasfcos", {"part": "fpn", "num_cells": 3}),
+        ("nasfcos", {"part": "head"}),
+        ("nasfcos", {"part": "both", "num_cells": 4}),
+    ],
+)
+def test_genotypes_of_reduced_spaces_parse_and_build_without_options(space, options):
+    """A trial or a retrain config gets only the genotype: its cell count must come from it."""
+    import numpy as np
+
+    from nassearch.config import validate_config
+    from nassearch.detectors.build import build_detector, model_genotype
+    from nassearch.search_spaces import genotype_from_dict, get_space, resolve_genotype
+
+    genotype = get_space(space, **options).sample(np.random.default_rng(0))
+    data = genotype.to_dict()
+    assert genotype_from_dict(data).key() == resolve_genotype(data, space).key() == genotype.key()
+    cfg = validate_config(
+        {
+            "model": {
+                "type": "retinanet" if space == "nasfpn" else "fcos",
+                "backbone": {"depth": 10},
+                "neck": {"type": space, "out_channels": 32},
+                "genotype": data,
+                "feat_channels": 32,
+                "num_convs": 1,
+            }
+        },
+        "test",
+        require_data=False,
+    )
+    assert model_genotype(cfg.model).key() == genotype.key()
+    model = build_detector(cfg.model, 3, seed=0)
+    model.eval()
+    with torch.no_grad():
+        outputs = model.head_outputs(model.backbone(torch.zeros(1, 3, 256, 256)))
+    assert len(outputs[0]) == 5  # five pyramid levels

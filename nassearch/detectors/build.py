@@ -11,7 +11,7 @@ from nassearch.detectors.backbones import ResNet, build_backbone
 from nassearch.detectors.fcos import FCOS, FCOSHead
 from nassearch.detectors.fpn import FPN
 from nassearch.detectors.retinanet import RetinaNet, RetinaNetHead
-from nassearch.search_spaces import Genotype, get_space, resolve_genotype
+from nassearch.search_spaces import Genotype, get_space, inferred_options, resolve_genotype
 
 STRIDES = (8, 16, 32, 64, 128)
 # NAS-FCOS's decoder also reads C2 (stride 4); the others start at C3.
@@ -49,7 +49,7 @@ def neck_from_config(
             extra_source=cfg.extra_source or default_extra,
             norm=cfg.norm,
         )
-    space = get_space(cfg.type)
+    space = get_space(cfg.type, **inferred_options(genotype.to_dict()))
     if cfg.type == "nasfpn":
         return space.build_neck(
             genotype, in_channels, cfg.out_channels, stacks=cfg.stacks, style=cfg.style

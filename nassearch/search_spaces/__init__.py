@@ -24,6 +24,7 @@ __all__ = [
     "SearchSpace",
     "genotype_from_dict",
     "get_space",
+    "inferred_options",
     "named_genotypes",
     "resolve_genotype",
 ]
@@ -50,7 +51,14 @@ def genotype_from_dict(data: dict[str, Any], **space_options: Any) -> Genotype:
         raise NasSearchError(
             "genotype: expected a mapping with a `space` field (nasfpn or nasfcos)"
         )
-    return get_space(data["space"], **space_options).genotype_from_dict(data)
+    options = {**inferred_options(data), **space_options}
+    return get_space(data["space"], **options).genotype_from_dict(data)
+
+
+def inferred_options(data: dict[str, Any]) -> dict[str, Any]:
+    """Space options a genotype mapping implies: its number of cells (reduced spaces build too)."""
+    cells = data.get("cells") if data.get("space") == "nasfpn" else data.get("fpn")
+    return {"num_cells": len(cells)} if isinstance(cells, list) and cells else {}
 
 
 def named_genotypes(space: str) -> dict[str, Genotype]:
@@ -89,7 +97,7 @@ def resolve_genotype(value: str | dict[str, Any], space: str) -> Genotype:
     data = {"space": space, **value}
     if data["space"] != space:
         raise NasSearchError(f"genotype: is for space {data['space']!r}, but the neck is {space!r}")
-    return get_space(space).genotype_from_dict(data)
+    return get_space(space, **inferred_options(data)).genotype_from_dict(data)
 
 
 def _read_genotype_file(path: Path) -> dict[str, Any]:
