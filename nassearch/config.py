@@ -291,6 +291,11 @@ class SearchConfig(Strict):
     time_budget_s: float | None = Field(None, gt=0)
     # Named genotypes of the space trained first under the same proxy, to compare against.
     baselines: list[str] = Field(default_factory=list)
+    # NAS-FCOS's progressive search in one run: stage 1 searches the FPN with the stock FCOS head
+    # (num_architectures), stage 2 fixes stage 1's best FPN and searches the head
+    # (head_architectures, default num_architectures).
+    progressive: bool = False
+    head_architectures: int | None = Field(None, ge=1)
 
 
 class ExperimentConfig(Strict):

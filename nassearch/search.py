@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,21 @@ def experiment_dir(cfg: ExperimentConfig, storage: str | None = None) -> Path:
 def check_search(cfg: ExperimentConfig, exp_dir: Path, *, resume: bool = False):
     """Everything that can be checked before a trial starts; returns (space, baseline genotypes)."""
     search = cfg.search
+    if search.progressive:
+        if search.space != "nasfcos":
+            raise NasSearchError(
+                f"search.progressive: NAS-FCOS's progressive search needs space nasfcos, not {search.space}"
+            )
+        if "part" in search.space_options or "fpn" in search.space_options:
+            raise NasSearchError(
+                "search.space_options: a progressive search sets `part` (and the fixed `fpn`) itself"
+            )
+    elif search.head_architectures is not None:
+        raise NasSearchError("search.head_architectures: only used with search.progressive: true")
     try:
-        space = get_space(search.space, **search.space_options)
+        space = get_space(search.space, **first_stage(cfg).space_options)
+        if search.progressive:  # the head stage's options must work too (with PAPER's FPN)
+            get_space(search.space, **{**search.space_options, "part": "head"})
     except TypeError as exc:
         raise NasSearchError(f"search.space_options: {exc}") from None
     named = named_genotypes(search.space)
@@ -117,6 +131,49 @@ def first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] |
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One Tune experiment of a search; NAS-FCOS's progressive search runs two (fpn, then head)."""
+
+    name: str | None  # None for a single-stage search
+    space_options: dict[str, Any]
+    num_architectures: int
+
+    @property
+    def tune_dir(self) -> str:
+        return TUNE_DIR if self.name is None else f"{TUNE_DIR}-{self.name}"
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return "tensorboard" if self.name is None else f"tensorboard/{self.name}"
+
+
+def first_stage(cfg: ExperimentConfig) -> Stage:
+    search = cfg.search
+    if not search.progressive:
+        return Stage(None, dict(search.space_options), search.num_architectures)
+    return Stage("fpn", {**search.space_options, "part": "fpn"}, search.num_architectures)
+
+
+def head_stage(cfg: ExperimentConfig, records: list[dict[str, Any]]) -> Stage:
+    """Stage 2 of a progressive search: the head, on the best FPN stage 1 found (paper Sec. 3.3)."""
+    found = [
+        r
+        for r in records
+        if r.get("stage") == "fpn" and not r.get("baseline") and r.get("status") == "ok"
+    ]
+    if not found:
+        raise NasSearchError(
+            "search.progressive: stage 1 found no successful FPN, so there is no FPN to search a "
+            "head for (see the statuses in architectures.jsonl)"
+        )
+    best = max(found, key=lambda r: (r["reward"], -(r.get("params") or 0)))
+    search = cfg.search
+    options = {**search.space_options, "part": "head", "fpn": best["genotype"]["fpn"]}
+    options.pop("num_cells", None)  # the fixed FPN brings its own cells
+    return Stage("head", options, search.head_architectures or search.num_architectures)
+
+
 def make_controller(cfg: ExperimentConfig, space):
     options = dict(cfg.search.controller_options)
     options.setdefault("failure_reward", cfg.proxy.failure_reward)
@@ -170,8 +227,8 @@ class RecordCallback(tune.Callback):
     trial that finishes again after a resume (it re-reports its record) is not written twice.
     """
 
-    def __init__(self, path: Path, total: int, quiet: bool) -> None:
-        self.path, self.total, self.quiet = Path(path), total, quiet
+    def __init__(self, path: Path, total: int, quiet: bool, stage: str | None = None) -> None:
+        self.path, self.total, self.quiet, self.stage = Path(path), total, quiet, stage
         self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
         self.recorded: set[str] = set()  # trial ids already in the file
 
@@ -180,13 +237,14 @@ class RecordCallback(tune.Callback):
         if self.path.is_file():
             for record in read_records(self.path):
                 self.recorded.add(record.get("trial_id"))
-                if not record.get("baseline"):
+                if not record.get("baseline") and record.get("stage") == self.stage:
                     self.rewards.append(_reward_or_nan(record))
 
     def _write(self, trial, result: dict[str, Any]) -> None:
         if trial.trial_id in self.recorded:
             return
-        record = record_of(result, trial.config, trial_id=trial.trial_id, baseline=False)
+        extra = {} if self.stage is None else {"stage": self.stage}
+        record = record_of(result, trial.config, trial_id=trial.trial_id, baseline=False, **extra)
         with RecordWriter(self.path) as writer:
             writer.append(record)
         self.recorded.add(trial.trial_id)
@@ -281,14 +339,24 @@ def run_search(
             writer.append(record)
         log(format_line(record, [record["reward"]], 1))
 
-    tuner = make_tuner(cfg, space, exp_dir, quiet=log is None, resume=resume)
-    tuner.fit()
+    stage = first_stage(cfg)
+    total = stage.num_architectures
+    make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume).fit()
+    if cfg.search.progressive:
+        stage = head_stage(cfg, read_records(records))
+        total += stage.num_architectures
+        space = get_space(cfg.search.space, **stage.space_options)
+        log(
+            f"stage 2: searching the head on stage 1's best FPN ({space.size():,} heads), "
+            f"{stage.num_architectures} to evaluate"
+        )
+        make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume).fit()
     all_records = read_records(records)
     log(format_top(all_records, exp_dir))
     searched = sum(1 for r in all_records if not r.get("baseline"))
-    if searched < cfg.search.num_architectures:
+    if searched < total:
         log(
-            f"the search stopped after {searched} of {cfg.search.num_architectures} architectures "
+            f"the search stopped after {searched} of {total} architectures "
             f"(interrupted, time budget, or the controller kept proposing known ones); "
             f"`nassearch run {exp_dir} --resume` continues it"
         )
@@ -296,9 +364,9 @@ def run_search(
 
 
 def make_tuner(
-    cfg: ExperimentConfig, space, exp_dir: Path, *, quiet: bool, resume: bool
+    cfg: ExperimentConfig, space, exp_dir: Path, stage: Stage, *, quiet: bool, resume: bool
 ) -> tune.Tuner:
-    """A new Tuner for the search, or the interrupted one restored from `<exp_dir>/tune`."""
+    """A new Tuner for one stage of the search, or the interrupted one restored from its folder."""
     records = exp_dir / RECORD_FILE
     experiment = json.loads(cfg.model_dump_json())
     cache_dir = exp_dir / FEATURE_CACHE_DIR if uses_feature_cache(cfg) else None
@@ -311,7 +379,7 @@ def make_tuner(
         ),
         {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
     )
-    tune_dir = exp_dir / TUNE_DIR
+    tune_dir = exp_dir / stage.tune_dir
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         # The searcher (controller state, pending candidates) and the callbacks come back from
         # Tune's snapshot; RecordCallback.setup re-reads the records.
@@ -323,23 +391,25 @@ def make_tuner(
         shutil.rmtree(tune_dir)
     searcher = ControllerSearcher(
         make_controller(cfg, space),
-        max_candidates=cfg.search.num_architectures,
-        tensorboard_dir=exp_dir / "tensorboard",
+        max_candidates=stage.num_architectures,
+        tensorboard_dir=exp_dir / stage.tensorboard_dir,
     )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=cfg.search.num_architectures,
+            num_samples=stage.num_architectures,
             max_concurrent_trials=cfg.search.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             storage_path=str(exp_dir),
-            name=TUNE_DIR,
+            name=stage.tune_dir,
             verbose=0,
-            callbacks=[RecordCallback(records, cfg.search.num_architectures, quiet=quiet)],
+            callbacks=[
+                RecordCallback(records, stage.num_architectures, quiet=quiet, stage=stage.name)
+            ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
