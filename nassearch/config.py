@@ -394,9 +394,31 @@ def validate_config(
 def load_config(
     path: str | Path, overrides: Sequence[str] = (), *, require_data: bool = True
 ) -> ExperimentConfig:
-    """Load, override and validate an experiment config file."""
+    """Load, override and validate an experiment config file.
+
+    A value written as `???` is one the user must give (a dataset root, weights on their disk):
+    left unset, it is an error naming the key and the `--set` that fills it.
+    """
     raw = apply_overrides(read_yaml(path), overrides)
+    missing = first_required(raw)
+    if missing is not None:
+        raise NasSearchError(f"{path}: {missing}: required; give it with --set {missing}=VALUE")
     return validate_config(raw, str(path), require_data=require_data)
+
+
+REQUIRED = "???"
+
+
+def first_required(raw: Any, prefix: str = "") -> str | None:
+    """Dotted key of the first `???` value in a raw config tree, if any."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            found = first_required(value, f"{prefix}{key}.")
+            if found is not None:
+                return found
+    elif raw == REQUIRED:
+        return prefix.rstrip(".")
+    return None
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:

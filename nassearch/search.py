@@ -286,6 +286,10 @@ def run_search(
     # Tune snapshots trial states and the searcher at most every 10 s by default; a shorter
     # period narrows what a killed driver forgets (an unfinished trial resumes from its checkpoint).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Every per-epoch trial checkpoint forces a snapshot (num_to_keep=1): wanted, so not warned
+    # about; Tune's own banner and table give way to one line per architecture.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     exp_dir = experiment_dir(cfg, storage)
     new_folder = not exp_dir.exists()
     space, baselines = check_search(cfg, exp_dir, resume=resume)
