@@ -106,3 +106,22 @@ def test_existing_experiment_is_not_overwritten(tmp_path, capsys):
     assert main(["run", write(tmp_path, search_config(tmp_path))]) == EXIT_BAD_INPUT
     assert "already holds an experiment" in capsys.readouterr().err
     assert (exp / "architectures.jsonl").read_text() == '{"key": "x"}\n'
+
+
+def test_unwritable_storage_and_missing_data_fail_before_any_trial(tmp_path, capsys):
+    path = write(tmp_path, search_config(tmp_path))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", path, "--storage", str(blocker / "runs")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: --storage {blocker / 'runs'}: not writable")
+        and err.count("\n") == 1
+    )
+
+    coco = search_config(tmp_path)
+    coco["data"] = {"type": "coco", "root": str(tmp_path / "no-coco")}
+    assert main(["run", write(tmp_path, coco)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "data.root: folder not found" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs" / "tiny-search").exists()  # nothing half-made left behind
