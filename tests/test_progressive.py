@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from search_configs import search_config, write
 
 from nassearch.cli import EXIT_BAD_INPUT, main
 from nassearch.records import read_records
-from tests.test_search import search_config, write
 
 
 def progressive_config(tmp_path, **search) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from search_configs import search_config, write
 
 from nassearch.cli import main
 from nassearch.config import validate_config
@@ -12,7 +13,6 @@ from nassearch.proxy_eval.proxy_data import proxy_data, uses_feature_cache
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
 from nassearch.records import read_records
 from nassearch.search_spaces import named_genotypes
-from tests.test_search import search_config, write
 
 FROZEN = {"depth": 10, "frozen_stages": 4, "norm_eval": True}
 

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from search_configs import search_config, write
 
 from nassearch.cli import EXIT_BAD_INPUT, main
 from nassearch.config import validate_config
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
 from nassearch.records import read_records
 from nassearch.search_spaces import named_genotypes
-from tests.test_search import search_config, write
 
 
 def _searched(path) -> int:
