@@ -18,6 +18,19 @@ from typing import Any
 from nassearch.errors import NasSearchError
 
 RECORD_FILE = "architectures.jsonl"
+# A proxy evaluation's result fields as a record holds them (a resumed trial re-reports them).
+RESULT_FIELDS = (
+    "reward",
+    "status",
+    "message",
+    "ap",
+    "ap50",
+    "val_loss",
+    "params",
+    "flops",
+    "latency_ms",
+    "train_seconds",
+)
 
 
 def _plain(value: Any) -> Any:

@@ -27,24 +27,12 @@ from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
 from nassearch.proxy_eval.trial import proxy_trial
-from nassearch.records import RECORD_FILE, RecordWriter, read_records
+from nassearch.records import RECORD_FILE, RESULT_FIELDS, RecordWriter, read_records
 from nassearch.search_spaces import get_space, named_genotypes
 
 CONFIG_FILE = "config.yaml"
 TUNE_DIR = "tune"
 FEATURE_CACHE_DIR = "feature_cache"
-RESULT_FIELDS = (
-    "reward",
-    "status",
-    "message",
-    "ap",
-    "ap50",
-    "val_loss",
-    "params",
-    "flops",
-    "latency_ms",
-    "train_seconds",
-)
 
 
 def experiment_dir(cfg: ExperimentConfig, storage: str | None = None) -> Path:

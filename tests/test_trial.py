@@ -6,6 +6,7 @@ import json
 
 import pytest
 from ray import tune
+from search_configs import search_config
 
 from nassearch.config import validate_config
 from nassearch.controllers import build_controller
@@ -16,32 +17,12 @@ from nassearch.search_spaces import get_space
 
 @pytest.mark.slow
 def test_trials_report_epochs_and_scored_architectures(ray_session, tmp_path):
-    experiment = validate_config(
-        {
-            "seed": 0,
-            "device": "cpu",
-            "data": {
-                "type": "synthetic",
-                "synthetic": {
-                    "num_train": 12,
-                    "num_val": 2,
-                    "image_size": 64,
-                    "max_object_size": 48,
-                    "cache_dir": str(tmp_path / "cache"),
-                },
-            },
-            "input": {"mode": "square", "size": 64, "size_divisor": 64},
-            "model": {
-                "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
-                "neck": {"type": "nasfpn", "out_channels": 16},
-                "genotype": "FPN",
-                "num_convs": 1,
-                "feat_channels": 16,
-            },
-            "train": {"epochs": 2, "batch_size": 4, "tensorboard": False},
-            "proxy": {"reward_holdout": 4},
-        }
-    )
+    raw = search_config(tmp_path)
+    raw["model"]["neck"].update(type="nasfpn")
+    raw["model"]["genotype"] = "FPN"
+    raw["train"]["epochs"] = 2
+    del raw["search"]
+    experiment = validate_config(raw)
     controller = build_controller("random", get_space("nasfpn"), seed=3)
     searcher = ControllerSearcher(controller, max_candidates=2)
     tuner = tune.Tuner(

@@ -26,22 +26,10 @@ import torch
 from nassearch.config import validate_config
 from nassearch.proxy_eval.proxy_data import proxy_data
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
-from nassearch.records import read_records
+from nassearch.records import RESULT_FIELDS, read_records
 from nassearch.search_spaces import genotype_from_dict
 
 CHECKPOINT_FILE = "last.pth"
-FINAL_FIELDS = (
-    "reward",
-    "status",
-    "message",
-    "ap",
-    "ap50",
-    "val_loss",
-    "params",
-    "flops",
-    "latency_ms",
-    "train_seconds",
-)
 
 
 def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> dict[str, Any] | None:
@@ -53,7 +41,7 @@ def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> di
         records = read_records(records_path)
     for record in records:
         if record.get("trial_id") == trial_id and not record.get("baseline"):
-            report = {k: _number(record.get(k)) for k in FINAL_FIELDS}
+            report = {k: _number(record.get(k)) for k in RESULT_FIELDS}
             report["genotype_key"] = record.get("key")
             report.update({f"coco/{k}": v for k, v in (record.get("metrics") or {}).items()})
             return report
