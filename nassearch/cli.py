@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nassearch.distributed import is_main_rank
 from nassearch.errors import NasSearchError
 
 EXIT_BAD_INPUT = 2
@@ -169,15 +170,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Single-process training, or one rank of a DDP job when launched by torchrun."""
+    from nassearch.distributed import init_distributed, shutdown_distributed
     from nassearch.train import run_train
 
-    summary = run_train(_load(args), resume=args.resume)
+    cfg = _load(args)
+    ctx, device = init_distributed(cfg.device)
+    try:
+        summary = run_train(cfg, resume=args.resume, device=device, distributed=ctx)
+    finally:
+        shutdown_distributed(ctx)
     return 0 if summary["status"] == "ok" else 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from nassearch.distributed import world_size_from_env
     from nassearch.train import run_eval
 
+    if world_size_from_env() > 1:
+        raise NasSearchError("nassearch eval runs in one process; launch it without torchrun")
     run_eval(_load(args), args.checkpoint)
     return 0
 
@@ -245,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except NasSearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Under torchrun every rank meets the same bad input; rank 0 alone reports it.
+        if is_main_rank():
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

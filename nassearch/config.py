@@ -217,6 +217,7 @@ class TrainConfig(Strict):
     epochs: float = Field(12, gt=0)
     # Optional hard cap on optimiser steps (overrides epochs when smaller); useful for proxy tasks.
     max_iters: int | None = Field(None, gt=0)
+    # Images per optimiser step in all: under torchrun each of N processes takes batch_size / N.
     batch_size: int = Field(2, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -225,6 +226,9 @@ class TrainConfig(Strict):
     # bf16 autocast: "auto" enables it on CUDA only; never on CPU.
     amp: Literal["auto", "off", "bf16"] = "auto"
     channels_last: Literal["auto", "off", "on"] = "auto"
+    # Distributed runs on CUDA: BatchNorm layers in training mode (NAS-FPN cells, BN heads) compute
+    # their statistics over the global batch (torch's SyncBatchNorm does not run on CPU).
+    sync_bn: bool = False
     log_interval: int = Field(20, ge=1)
     # Evaluate every N epochs (0: only at the end).
     eval_interval: int = Field(0, ge=0)

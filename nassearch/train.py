@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from nassearch.config import ExperimentConfig, save_config
@@ -13,6 +14,7 @@ from nassearch.data.build import build_dataset
 from nassearch.data.coco import CocoDetection
 from nassearch.detectors.build import build_detector
 from nassearch.device import resolve_device
+from nassearch.distributed import DistributedContext
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.checkpoint import load_model_weights
 from nassearch.proxy_eval.evaluate import COCO_METRIC_NAMES, evaluate_detector
@@ -45,8 +47,22 @@ def build_model_and_data(
     return model, train_set, val_set
 
 
-def run_train(cfg: ExperimentConfig, *, resume: bool = False, log=print) -> dict:
-    """Train `cfg`'s detector, evaluate it on the validation set, and write metrics.json to the run folder."""
+def run_train(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    log=print,
+    device: torch.device | None = None,
+    distributed: DistributedContext | None = None,
+) -> dict:
+    """Train `cfg`'s detector, evaluate it on the validation set, and write metrics.json to the run folder.
+
+    With `distributed` (one rank of a torchrun job, `device` its device) the ranks train together;
+    rank 0 alone logs, evaluates and writes files.
+    """
+    main = distributed is None or distributed.is_main
+    if not main:
+        log = _silent
     run_dir = cfg.run_dir()
     last = run_dir / "checkpoints" / "last.pth"
     if resume and not last.is_file():
@@ -55,13 +71,20 @@ def run_train(cfg: ExperimentConfig, *, resume: bool = False, log=print) -> dict
         raise NasSearchError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or --name to start another"
         )
-    device = resolve_device(cfg.device)
+    device = device if device is not None else resolve_device(cfg.device)
     model, train_set, val_set = build_model_and_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    where = f"device {device}"
+    if distributed is not None:
+        where = (
+            f"{distributed.world_size} processes ({distributed.backend}, {device.type}), "
+            f"{cfg.train.batch_size // distributed.world_size} images each per step"
+        )
     log(
         f"training {cfg.model.type} (ResNet-{cfg.model.backbone.depth}) on {len(train_set)} images, "
-        f"{len(val_set)} for validation, device {device}; outputs in {run_dir}"
+        f"{len(val_set)} for validation, {where}; outputs in {run_dir}"
     )
 
     def evaluator(m: nn.Module, epoch: int) -> dict[str, float]:
@@ -84,6 +107,7 @@ def run_train(cfg: ExperimentConfig, *, resume: bool = False, log=print) -> dict
         size_divisor=cfg.input.size_divisor,
         evaluator=evaluator,
         log=log,
+        distributed=distributed,
     )
     result = trainer.fit(resume=resume)
     summary = {
@@ -96,6 +120,8 @@ def run_train(cfg: ExperimentConfig, *, resume: bool = False, log=print) -> dict
         "final_losses": result.last_losses,
         "metrics": result.metrics,
     }
+    if not main:
+        return summary
     _write_json(run_dir / "metrics.json", summary)
     if result.status != "ok":
         log(f"training stopped: {result.status}: {result.message}")
@@ -132,6 +158,10 @@ def format_metrics(metrics: dict[str, float]) -> str:
     head = " ".join(f"{n:>6}" for n in names)
     vals = " ".join(f"{100 * metrics[n]:6.1f}" if metrics[n] >= 0 else f"{'-':>6}" for n in names)
     return f"COCO bbox (%)\n{head}\n{vals}"
+
+
+def _silent(*_: object) -> None:
+    """The log of ranks other than 0."""
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from nassearch.distributed import average_over_processes
 from nassearch.errors import NasSearchError
 
 
@@ -47,6 +48,15 @@ class DenseDetector(nn.Module):
     def head_outputs(self, feats: Sequence[Tensor]) -> Any:
         """Raw per-level head outputs from backbone features (through the neck)."""
         return self.head(self.neck(feats))
+
+    def global_count(self, count: Tensor) -> Tensor:
+        """A loss normaliser (e.g. positive samples) averaged over DDP processes while training.
+
+        Every rank then divides its loss sum by the same count, and DDP's gradient mean equals the
+        gradient of one process holding the whole global batch. Evaluation (rank 0 alone, eval
+        mode) keeps the local count, so no collective is entered by one process only.
+        """
+        return average_over_processes(count.float()) if self.training else count.float()
 
     def loss(
         self, outputs: Any, targets: list[dict], image_shape: tuple[int, int]

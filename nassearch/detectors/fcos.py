@@ -313,9 +313,11 @@ class FCOS(DenseDetector):
             )
 
         positive = labels >= 0
-        num_pos = int(positive.sum())
-        # Single-process normaliser; a DDP trainer that wants the global count must reduce it itself.
-        normaliser = max(1.0, float(num_pos))
+        pos_targets = ltrb_targets[positive]
+        ctr_targets = centerness_targets(pos_targets)
+        # Both normalisers are entered on every rank (DDP all-reduce), even one without positives.
+        normaliser = self.global_count(positive.sum()).clamp(min=1.0)
+        ctr_normaliser = self.global_count(ctr_targets.sum()).clamp(min=1e-6)
         cls_targets = torch.zeros_like(cls_flat)
         cls_targets[positive, labels[positive]] = 1.0
         loss_cls = (
@@ -329,19 +331,20 @@ class FCOS(DenseDetector):
             / normaliser
         )
 
-        if num_pos == 0:
+        if pos_targets.shape[0] == 0:
             # Keep the graph connected so backward works on images without boxes.
             zero = reg_flat.sum() * 0.0 + ctr_flat.sum() * 0.0
             return {"loss_cls": loss_cls, "loss_box": zero, "loss_centerness": zero.clone()}
 
         all_points = torch.cat(points)[None].expand(labels.shape[0], -1, -1)[positive]
-        pos_targets = ltrb_targets[positive]
-        ctr_targets = centerness_targets(pos_targets)
         pred_boxes = decode_distances(all_points, reg_flat[positive])
         target_boxes = decode_distances(all_points, pos_targets)
-        loss_box = iou_loss(
-            pred_boxes, target_boxes, weight=ctr_targets, mode=self.box_loss, reduction="sum"
-        ) / ctr_targets.sum().clamp(min=1e-6)
+        loss_box = (
+            iou_loss(
+                pred_boxes, target_boxes, weight=ctr_targets, mode=self.box_loss, reduction="sum"
+            )
+            / ctr_normaliser
+        )
         loss_ctr = (
             F.binary_cross_entropy_with_logits(ctr_flat[positive], ctr_targets, reduction="sum")
             / normaliser

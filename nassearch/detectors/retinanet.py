@@ -271,7 +271,7 @@ class RetinaNet(DenseDetector):
             ]
         )  # [B, N]
         positive = assigned >= 0
-        num_pos = max(1.0, float(positive.sum()))
+        num_pos = self.global_count(positive.sum()).clamp(min=1.0)
 
         cls_targets = torch.zeros_like(cls_logits)
         gt_boxes, pos_anchors = [], []

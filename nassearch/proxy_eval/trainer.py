@@ -2,9 +2,13 @@
 
 Everything random in the loop is derived from `seed`: the sample order of epoch `e` comes from a
 generator seeded with (seed, e), and checkpoints store the global RNG states, so a run resumed from
-`last.pth` reproduces the uninterrupted run's losses exactly (on CPU). Side effects (checkpoints,
-TensorBoard, metrics.jsonl, log lines) are gated by `Trainer.is_main_process` so a distributed
-version only needs a per-rank sampler and that flag set to False on ranks other than 0.
+`last.pth` reproduces the uninterrupted run's losses exactly (on CPU).
+
+Distributed (torchrun, `distributed=` a DistributedContext): `cfg.batch_size` stays the global batch,
+each rank takes its slice of the same global batches, gradients are averaged by DDP, and loss
+normalisers are averaged over ranks by the detectors, so training equals the single-process run
+with the same config. Side effects (checkpoints, TensorBoard, metrics.jsonl, log lines,
+evaluation) happen on rank 0 only; checkpoints hold the unwrapped model and load at any world size.
 """
 
 from __future__ import annotations
@@ -26,11 +30,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nassearch.config import TrainConfig
 from nassearch.data.collate import collate_detection
 from nassearch.device import use_bf16, use_channels_last
+from nassearch.distributed import (
+    DistributedContext,
+    any_process,
+    average_over_processes,
+    broadcast_from_main,
+)
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.checkpoint import (
     TRAINER_CHECKPOINT_FORMAT,
@@ -68,19 +79,48 @@ def _mix_seed(*parts: int) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffles indices with a generator seeded from (seed, epoch), optionally starting mid-permutation."""
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled sample order of one epoch, a function of (seed, epoch) only."""
+    generator = torch.Generator().manual_seed(_mix_seed(seed, epoch))
+    return torch.randperm(size, generator=generator).tolist()
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
-        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.size, generator=generator).tolist()
-        return iter(order[self.start :])
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's share of each global batch of an epoch, from global batch `start_batch` on.
+
+    Global batch k holds positions [k*B, (k+1)*B) of `epoch_order` (the last one may be shorter);
+    rank r of W takes its r-th contiguous slice (B/W images each, the remainder spread over the first
+    ranks of a short last batch). Every rank gets at least one image: a last batch with fewer images
+    than ranks is topped up from the start of the epoch (as torch's DistributedSampler pads).
+    With one rank this is plain shuffled batching.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        *,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, epoch
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_order(self.size, self.seed, self.epoch)
+        for k in range(self.start_batch, len(self) + self.start_batch):
+            batch = order[k * self.batch_size : (k + 1) * self.batch_size]
+            if len(batch) < self.world_size:
+                batch = batch + order[: self.world_size - len(batch)]
+            share, extra = divmod(len(batch), self.world_size)
+            first = self.rank * share + min(self.rank, extra)
+            yield batch[first : first + share + (self.rank < extra)]
 
     def __len__(self) -> int:
-        return max(0, self.size - self.start)
+        return max(0, math.ceil(self.size / self.batch_size) - self.start_batch)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -135,6 +175,7 @@ class Trainer:
         log: Callable[[str], Any] | None = print,
         time_limit_s: float | None = None,
         keep_epoch_checkpoints: bool = True,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.cfg = cfg
         self.time_limit_s = time_limit_s
@@ -147,16 +188,39 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.log = log
-        # Ranks other than 0 of a distributed run set this to False: no files, no logs.
-        self.is_main_process = True
+        self.distributed = distributed
+        # Ranks other than 0 of a distributed run write no files and print nothing.
+        self.is_main_process = distributed is None or distributed.is_main
         self.train_set = train_set
         if len(train_set) == 0:
             raise NasSearchError("training set is empty: nothing to train on")
+        world_size = distributed.world_size if distributed is not None else 1
+        if cfg.batch_size % world_size:
+            raise NasSearchError(
+                f"train.batch_size: {cfg.batch_size} images per step do not split evenly over "
+                f"{world_size} processes (it is the global batch)"
+            )
         self.bf16 = use_bf16(self.device, cfg.amp)
         self.channels_last = use_channels_last(self.device, cfg.channels_last)
+        if cfg.sync_bn and distributed is not None:
+            if self.device.type != "cuda":
+                raise NasSearchError(
+                    f"train.sync_bn: torch's SyncBatchNorm runs on CUDA only (this run is on "
+                    f"{self.device.type}); set it to false"
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # `model` is the plain module (evaluation, checkpoints); `train_model` runs the training
+        # forward (the DDP wrapper in a distributed run).
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model: nn.Module = self.model
+        if distributed is not None:
+            # Every parameter of our detectors receives a gradient at every step (checked for
+            # sampled NAS-FPN and NAS-FCOS architectures), so no unused-parameter search.
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.iters_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
         self.total_iters = total_iterations(cfg, self.iters_per_epoch)
         self.num_epochs = math.ceil(self.total_iters / self.iters_per_epoch)
@@ -221,7 +285,7 @@ class Trainer:
         window_steps = 0
         while state.iteration < total:
             epoch = state.iteration // ipe  # 0-based epoch in progress
-            self.model.train()
+            self.train_model.train()
             if hasattr(self.train_set, "set_epoch"):
                 self.train_set.set_epoch(epoch)
             loader = self._make_loader(epoch, start_batch=state.iteration - epoch * ipe)
@@ -250,9 +314,8 @@ class Trainer:
                     window, window_steps = {}, 0
                 if state.iteration >= total:
                     break
-                if (
-                    self.time_limit_s is not None
-                    and time.perf_counter() - started > self.time_limit_s
+                if self.time_limit_s is not None and any_process(
+                    time.perf_counter() - started > self.time_limit_s, self.device
                 ):
                     raise _TimeLimit(
                         f"time limit of {self.time_limit_s:g} s reached after {state.iteration} "
@@ -278,7 +341,7 @@ class Trainer:
             for t in targets
         ]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss_dict = self.model(images, targets)
+            loss_dict = self.train_model(images, targets)
         if not isinstance(loss_dict, dict) or not loss_dict:
             raise NasSearchError(
                 f"model returned {type(loss_dict).__name__} in training mode; expected a dict of loss_* tensors"
@@ -286,7 +349,9 @@ class Trainer:
         total = sum(value.float() for value in loss_dict.values())
         # One device->host transfer for all values (also the NaN check).
         values = torch.stack([total.detach()] + [v.detach().float() for v in loss_dict.values()])
-        numbers = values.tolist()
+        # The mean over ranks is the global batch's loss (normalisers are global), and every rank
+        # sees the same values, so all of them agree on the non-finite check below.
+        numbers = average_over_processes(values).tolist()
         losses = {"loss": numbers[0], **dict(zip(loss_dict.keys(), numbers[1:], strict=True))}
         if not math.isfinite(numbers[0]):
             state_str = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
@@ -303,19 +368,24 @@ class Trainer:
         return losses
 
     def _make_loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
-        """This epoch's loader; a distributed trainer would swap the sampler for a per-rank one."""
-        sampler = EpochSampler(
-            len(self.train_set), self.seed, epoch, start=start_batch * self.cfg.batch_size
+        """This epoch's loader of this rank's share of every global batch, from `start_batch` on."""
+        ctx = self.distributed
+        sampler = GlobalBatchSampler(
+            len(self.train_set),
+            self.cfg.batch_size,
+            self.seed,
+            epoch,
+            start_batch=start_batch,
+            rank=ctx.rank if ctx is not None else 0,
+            world_size=ctx.world_size if ctx is not None else 1,
         )
         # The loader's own generator only seeds worker processes; keep it off the global RNG.
         generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, 1))
         return DataLoader(
             self.train_set,
-            batch_size=self.cfg.batch_size,
-            sampler=sampler,
+            batch_sampler=sampler,
             num_workers=self.cfg.num_workers,
             collate_fn=functools.partial(collate_detection, size_divisor=self.size_divisor),
-            drop_last=False,
             pin_memory=self.device.type == "cuda",
             generator=generator,
         )
@@ -334,7 +404,10 @@ class Trainer:
         interval = self.cfg.eval_interval
         evaluated = False
         if self.evaluator is not None and (is_last or (interval and epoch % interval == 0)):
-            state.metrics = {k: float(v) for k, v in self.evaluator(self.model, epoch).items()}
+            metrics = None
+            if self.is_main_process:
+                metrics = {k: float(v) for k, v in self.evaluator(self.model, epoch).items()}
+            state.metrics = broadcast_from_main(metrics)
             evaluated = True
             self._record_metrics(writer, state.metrics, epoch, state.iteration)
         if is_last or epoch % self.cfg.checkpoint_interval == 0:
