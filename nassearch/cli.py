@@ -97,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
 
     p = sub.add_parser(
+        "export-onnx",
+        help="export a trained detector to ONNX (raw per-level head outputs), checked with onnxruntime",
+    )
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--input-size",
+        help="S or HxW, a multiple of input.size_divisor (default: the config's network input)",
+    )
+    p.add_argument(
+        "--no-check", action="store_true", help="skip the onnxruntime comparison with PyTorch"
+    )
+
+    p = sub.add_parser(
         "summary", help="parameters and multiply-adds per part of a config's detector"
     )
     _add_config_args(p)
@@ -193,6 +208,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from nassearch.onnx_export import export_onnx, parse_input_size
+
+    cfg = _load(args, require_data=False)
+    report = export_onnx(
+        cfg,
+        args.checkpoint,
+        args.out,
+        input_size=parse_input_size(args.input_size, cfg),
+        check=not args.no_check,
+    )
+    _, _, height, width = report.input_shape
+    print(
+        f"wrote {report.path}: images [batch, 3, {height}, {width}] -> "
+        f"{len(report.output_names)} outputs ({', '.join(report.output_names[:2])}, ...) "
+        f"in {report.seconds:.1f} s"
+    )
+    if report.max_rel_error is None:
+        print("not checked with onnxruntime (--no-check)")
+    else:
+        worst = max(report.max_rel_error, key=report.max_rel_error.get)
+        print(
+            f"onnxruntime matches PyTorch: largest relative error {report.max_rel_error[worst]:.1e} "
+            f"({worst})"
+        )
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from nassearch.summary import format_summary, summarize
 
@@ -245,6 +288,7 @@ COMMANDS = {
     "export": cmd_export,
     "train": cmd_train,
     "eval": cmd_eval,
+    "export-onnx": cmd_export_onnx,
     "summary": cmd_summary,
     "show": cmd_show,
     "data": cmd_data,

@@ -261,6 +261,8 @@ class ModulatedDeformConv2d(nn.Module):
         self.padding = _pair(padding, "padding")
         self.dilation = _pair(dilation, "dilation")
         self.groups, self.deform_groups = groups, deform_groups
+        # None: torchvision's kernel where it imports; False forces the pure path (ONNX export).
+        self.use_torchvision: bool | None = None
         kh, kw = self.kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kh, kw))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -295,7 +297,15 @@ class ModulatedDeformConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         offset, mask = self.offset_and_mask(x)
         return deform_conv2d(
-            x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
+            x,
+            offset,
+            mask,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            use_torchvision=self.use_torchvision,
         )
 
     def extra_repr(self) -> str:
