@@ -117,6 +117,7 @@ def test_published_nasfpn_retinanet(tmp_path, capsys):
         assert torch.equal(g["labels"], e["labels"])
 
 
+@pytest.mark.slow  # the pure DCNv2 graph is ~10k nodes: ~30 s on 2 cores
 def test_nasfcos_deformable_convolutions_export_with_standard_ops(tmp_path):
     config = detector_config(
         tmp_path,
