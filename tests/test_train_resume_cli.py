@@ -1,0 +1,145 @@
+"""`nassearch train --resume` after a hard kill: the resumed run reproduces the uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+EPOCHS = 4
+NUM_TRAIN = 24
+BATCH = 2
+TOTAL_ITERS = EPOCHS * NUM_TRAIN // BATCH
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_config(tmp_path: Path) -> dict:
+    """A tiny full-training config on the embedded synthetic data, with augmentation on (crops,
+    jitter and flips draw from the RNGs a resume must restore)."""
+    return {
+        "name": "resume-cli",
+        "seed": 5,
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {
+            "type": "synthetic",
+            "synthetic": {
+                "num_train": NUM_TRAIN,
+                "num_val": 2,
+                "image_size": 64,
+                "max_object_size": 48,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+        },
+        "input": {
+            "mode": "square",
+            "size": 64,
+            "size_divisor": 64,
+            "scale_range": [0.7, 1.3],
+            "flip_prob": 0.5,
+        },
+        "model": {
+            "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
+            "neck": {"out_channels": 16},
+            "num_convs": 1,
+            "feat_channels": 16,
+        },
+        "train": {
+            "epochs": EPOCHS,
+            "batch_size": BATCH,
+            "optimizer": {"lr": 0.01},
+            "schedule": {"type": "cosine", "warmup_iters": 3},
+            "tensorboard": False,
+            "log_interval": 1,
+        },
+    }
+
+
+def train_cmd(config: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nassearch", "train", str(config), "--name", name, *extra]
+
+
+def train(config: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(config, name, *extra), capture_output=True, text=True, timeout=300, env=ENV
+    )
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def kill_after_first_epoch(config: Path, run_dir: Path) -> None:
+    """Start a run and SIGKILL it as soon as its epoch-1 checkpoint (and last.pth) are on disk."""
+    ckpts = run_dir / "checkpoints"
+    log = config.with_name(f"{run_dir.name}.log")
+    with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(
+            train_cmd(config, run_dir.name), stdout=out, stderr=subprocess.STDOUT, env=ENV
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while not ((ckpts / "epoch_1.pth").is_file() and (ckpts / "last.pth").is_file()):
+            if proc.poll() is not None:
+                tail = log.read_text()[-2000:]
+                pytest.fail(f"run ended (rc {proc.returncode}) before epoch 1's checkpoint: {tail}")
+            if time.monotonic() > deadline:
+                pytest.fail("no epoch-1 checkpoint within 240 s")
+            time.sleep(0.01)
+        finished_before_kill = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not finished_before_kill, "training finished before it could be killed; raise EPOCHS"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(train_config(tmp_path)))
+    runs = tmp_path / "runs"
+
+    straight = train(config, "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    full = load(runs / "straight" / "checkpoints" / "last.pth")
+    assert full["iteration"] == TOTAL_ITERS and len(full["loss_history"]) == TOTAL_ITERS
+
+    cut_dir = runs / "cut"
+    kill_after_first_epoch(config, cut_dir)
+    killed = load(cut_dir / "checkpoints" / "last.pth")
+    # Killed mid-training: the resume below has real work to do.
+    assert TOTAL_ITERS // EPOCHS <= killed["iteration"] < TOTAL_ITERS
+    assert killed["loss_history"] == full["loss_history"][: killed["iteration"]]
+
+    resumed = train(config, "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {cut_dir / 'checkpoints' / 'last.pth'}" in resumed.stdout
+    assert f"at iteration {killed['iteration']}" in resumed.stdout
+    final = load(cut_dir / "checkpoints" / "last.pth")
+    assert final["iteration"] == TOTAL_ITERS
+    assert final["loss_history"] == full["loss_history"]
+    assert list(final["model"]) == list(full["model"])
+    for key, value in full["model"].items():
+        assert torch.equal(final["model"][key], value), key
+    assert (cut_dir / "metrics.json").is_file()
+
+    # Training again into the finished folder without --resume is refused and changes nothing.
+    metrics = runs / "straight" / "metrics.json"
+    before = metrics.read_bytes()
+    again = train(config, "straight")
+    assert again.returncode == 2
+    err = again.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--resume" in err[0], again.stderr
+    assert metrics.read_bytes() == before
