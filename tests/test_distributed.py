@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from search_configs import train_config
 
 from nassearch.cli import EXIT_BAD_INPUT, main
 from nassearch.config import validate_config
@@ -24,41 +25,17 @@ from nassearch.proxy_eval.trainer import GlobalBatchSampler, Trainer, epoch_orde
 TORCHRUN_ENV = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "0", "LOCAL_RANK": "0"}
 
 
-def train_config(tmp_path: Path, **model) -> dict:
-    return {
-        "name": "ddp",
-        "seed": 3,
-        "device": "cpu",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {
-            "type": "synthetic",
-            "synthetic": {
-                "num_train": 8,
-                "num_val": 2,
-                "image_size": 64,
-                "max_object_size": 48,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-        },
+def ddp_config(tmp_path: Path, **model) -> dict:
+    return train_config(
+        tmp_path,
+        name="ddp",
+        seed=3,
         # Fixed-size inputs: every rank pads its images exactly as one process pads the global batch.
-        "input": {"mode": "square", "size": 64, "size_divisor": 64, "flip_prob": 0.5},
-        "model": {
-            # Frozen BN statistics: no batch-dependent layer, so 2 x 2 images equal 1 x 4 exactly.
-            "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": True},
-            "neck": {"out_channels": 16},
-            "num_convs": 1,
-            "feat_channels": 16,
-            **model,
-        },
-        "train": {
-            "epochs": 2,
-            "batch_size": 4,
-            "optimizer": {"lr": 0.02},
-            "schedule": {"warmup_iters": 2},
-            "tensorboard": False,
-            "log_interval": 1,
-        },
-    }
+        input={"flip_prob": 0.5},
+        # Frozen BN statistics: no batch-dependent layer, so 2 x 2 images equal 1 x 4 exactly.
+        model={"backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": True}, **model},
+        train={"epochs": 2, "optimizer": {"lr": 0.02}, "schedule": {"warmup_iters": 2}},
+    )
 
 
 def write(tmp_path: Path, cfg: dict) -> Path:
@@ -115,7 +92,7 @@ def test_start_batch_resumes_at_the_same_global_batch():
 
 
 def tiny_trainer(tmp_path, ctx, **train):
-    cfg = validate_config(train_config(tmp_path))
+    cfg = validate_config(ddp_config(tmp_path))
     cfg.train = cfg.train.model_copy(update=train)
     data = build_dataset(cfg, "train", train=True)
     model = build_detector(cfg.model, len(data.cat_ids), seed=0)
@@ -157,7 +134,7 @@ def test_torchrun_environment_errors(env, device, needle):
 
 
 def test_eval_refuses_torchrun_and_only_rank_0_reports(tmp_path, monkeypatch, capsys):
-    path = write(tmp_path, train_config(tmp_path))
+    path = write(tmp_path, ddp_config(tmp_path))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     assert main(["eval", str(path), "--checkpoint", "x.pth"]) == EXIT_BAD_INPUT
@@ -177,7 +154,7 @@ def files_under(folder: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
-    cfg = train_config(tmp_path)
+    cfg = ddp_config(tmp_path)
     path = write(tmp_path, cfg)
     one = subprocess.run(
         [sys.executable, "-m", "nassearch", "train", str(path), "--name", "one"],
@@ -222,7 +199,7 @@ def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_pa
 @pytest.mark.slow
 def test_ranks_hold_identical_parameters_after_every_step(tmp_path):
     # A NAS-FPN neck with BatchNorm in training mode: per-rank statistics differ, parameters must not.
-    cfg = train_config(tmp_path, neck={"type": "nasfpn", "out_channels": 16}, genotype="PAPER")
+    cfg = ddp_config(tmp_path, neck={"type": "nasfpn", "out_channels": 16}, genotype="PAPER")
     cfg["model"]["backbone"]["norm_eval"] = False
     cfg["train"].update(epochs=3, batch_size=8)  # one step per epoch: a check after every step
     path = write(tmp_path, cfg)

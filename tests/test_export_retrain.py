@@ -104,3 +104,9 @@ def test_search_export_then_retrain_the_best_architecture(ray_session, tmp_path)
     classes = len(build_dataset(retrain, "val", train=False).cat_ids)
     model = build_detector(retrain.model, classes)
     model.load_state_dict(ckpt["model"], strict=True)
+
+    # `nassearch eval` on the exported architecture's checkpoint reproduces the final evaluation.
+    last = run_dir / "checkpoints" / "last.pth"
+    assert main(["eval", str(out / "retrain-1.yaml"), "--checkpoint", str(last)]) == 0
+    evaluated = json.loads((run_dir / "checkpoints" / "last.eval.json").read_text())
+    assert evaluated["metrics"] == metrics

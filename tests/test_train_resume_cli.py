@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from search_configs import train_config
 
 EPOCHS = 4
 NUM_TRAIN = 24
@@ -20,46 +21,21 @@ TOTAL_ITERS = EPOCHS * NUM_TRAIN // BATCH
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def train_config(tmp_path: Path) -> dict:
-    """A tiny full-training config on the embedded synthetic data, with augmentation on (crops,
-    jitter and flips draw from the RNGs a resume must restore)."""
-    return {
-        "name": "resume-cli",
-        "seed": 5,
-        "device": "cpu",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {
-            "type": "synthetic",
-            "synthetic": {
-                "num_train": NUM_TRAIN,
-                "num_val": 2,
-                "image_size": 64,
-                "max_object_size": 48,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-        },
-        "input": {
-            "mode": "square",
-            "size": 64,
-            "size_divisor": 64,
-            "scale_range": [0.7, 1.3],
-            "flip_prob": 0.5,
-        },
-        "model": {
-            "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
-            "neck": {"out_channels": 16},
-            "num_convs": 1,
-            "feat_channels": 16,
-        },
-        "train": {
+def resume_config(tmp_path: Path) -> dict:
+    """Augmentation on: crops, jitter and flips draw from the RNGs a resume must restore."""
+    return train_config(
+        tmp_path,
+        name="resume-cli",
+        seed=5,
+        num_train=NUM_TRAIN,
+        input={"scale_range": [0.7, 1.3], "flip_prob": 0.5},
+        train={
             "epochs": EPOCHS,
             "batch_size": BATCH,
             "optimizer": {"lr": 0.01},
             "schedule": {"type": "cosine", "warmup_iters": 3},
-            "tensorboard": False,
-            "log_interval": 1,
         },
-    }
+    )
 
 
 def train_cmd(config: Path, name: str, *extra: str) -> list[str]:
@@ -108,7 +84,7 @@ def kill_after_first_epoch(config: Path, run_dir: Path) -> None:
 @pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(train_config(tmp_path)))
+    config.write_text(yaml.safe_dump(resume_config(tmp_path)))
     runs = tmp_path / "runs"
 
     straight = train(config, "straight")
