@@ -384,3 +384,28 @@ def test_all_corrupt_records_are_an_error(tmp_path):
         export_top(exp, 1, log=None)
     with pytest.raises(NasSearchError, match="no such experiment folder"):
         export_top(tmp_path / "nope", 1, log=None)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda g: g["cells"][0].update(inputs=[1, 9]), "cell 1 input2 = 9 is not an existing"),
+        (lambda g: g["cells"][0].update(op="max"), "cell 1 op 'max' is unknown"),
+        (lambda g: g.pop("cells"), "model.genotype"),
+    ],
+)
+def test_retrain_config_with_an_invalid_genotype_is_one_line(
+    tmp_path, ranked_records, capsys, edit, needle
+):
+    exp = make_experiment(tmp_path, ranked_records)
+    assert run_cli([str(exp), "--top", "1", "--recipe", "search"]) == 0
+    path = exp / "export" / "retrain-1.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    edit(cfg["model"]["genotype"])
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: model.genotype: "), err
+    assert needle in err
+    assert not (tmp_path / "runs" / cfg["name"]).exists()  # nothing started
