@@ -1,4 +1,6 @@
-"""Shared fixtures. `ray_session`: one local Ray instance for the whole test session (request it)."""
+"""Shared fixtures. `ray_session`: one local Ray instance for the whole test session (request it).
+`one_thread`: torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`).
+"""
 
 from __future__ import annotations
 
@@ -28,3 +30,16 @@ def ray_session():
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions and LSTM steps: extra OpenMP threads only contend on a 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -19,12 +19,7 @@ from nassearch.search_spaces.deform_conv import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bilinear(img: list[list[float]], y: float, x: float) -> float:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -32,12 +31,7 @@ NASFPN = named_genotypes("nasfpn")
 NASFCOS = named_genotypes("nasfcos")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def search_config(tmp_path: Path, name: str = "exp", **search) -> dict:

@@ -21,13 +21,7 @@ from nassearch.errors import NasSearchError
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest on one thread; with two, a busy machine slows them down by 10-30x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -11,13 +11,7 @@ from nassearch.errors import NasSearchError
 IN_CHANNELS = [16, 24, 40]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: extra OpenMP threads only contend on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def odd_features(batch: int = 2, seed: int = 0) -> list[torch.Tensor]:

@@ -52,12 +52,7 @@ RELEASED_FPN = [
 R50_CHANNELS = [256, 512, 1024, 2048]  # C2..C5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(module: nn.Module) -> int:

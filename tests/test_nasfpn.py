@@ -27,13 +27,7 @@ OP_NAMES = ("sum", "global_pool")
 IN_CHANNELS = [8, 12, 16]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: extra OpenMP threads only contend on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------- independent space model

@@ -21,12 +21,7 @@ from nassearch.onnx_export import RawHeadOutputs, onnx_postprocess, output_names
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def detector_config(tmp_path: Path, model: dict, size: int) -> Path:

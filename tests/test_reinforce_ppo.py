@@ -20,14 +20,7 @@ from nassearch.errors import NasSearchError
 from nassearch.search_spaces import get_space
 from nassearch.search_spaces.base import Decision, Genotype, SearchSpace
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny LSTM steps: extra OpenMP threads only contend on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------- a one-step space
