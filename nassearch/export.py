@@ -209,6 +209,32 @@ def _plain(model: Any) -> dict[str, Any]:
     return json.loads(model.model_dump_json())
 
 
+def retrain_data(search: ExperimentConfig, recipe: str) -> tuple[dict[str, Any], list[str]]:
+    """The search's data section for full training, and what was changed in it.
+
+    Relative paths become absolute (the retrain config may be run from anywhere). The paper recipe
+    trains and evaluates on whole splits, so the search's `subset` budgets are dropped; a
+    `holdout` stays, since it partitions the data (a validation split may be the held-out part).
+    """
+    data = _plain(search.data)
+    changes = []
+    paths = [
+        (data, "root", "data.root"),
+        (data["synthetic"], "cache_dir", "data.synthetic.cache_dir"),
+    ]
+    for section, name, key in paths:
+        value = section.get(name)
+        if value and not Path(value).is_absolute() and Path(value).exists():
+            section[name] = str(Path(value).resolve())
+            changes.append(f"{key} {value} -> {section[name]}")
+    if recipe == "paper" and data["type"] == "coco":
+        for split in ("train", "val"):
+            if data[split].get("subset") is not None:
+                changes.append(f"data.{split}.subset {data[split]['subset']} dropped (whole split)")
+                data[split]["subset"] = None
+    return data, changes
+
+
 def paper_sections(genotype: Genotype, search: ExperimentConfig) -> tuple[dict[str, Any], Recipe]:
     """The paper recipe of the search's detector type with this genotype as its neck (and head)."""
     recipe = PAPER_RECIPES[search.model.type]
@@ -256,12 +282,13 @@ def retrain_config(
     if batch_size is not None:
         train["batch_size"] = batch_size
         train["optimizer"]["lr"] = scaled_lr(base_lr, batch_size, base_batch)
+    data, data_changes = retrain_data(search, recipe)
     raw = {
         "name": f"{search.name}-retrain-{rank}",
         "seed": search.seed,
         "device": "auto" if recipe == "paper" else search.device,
         "output_dir": search.output_dir,
-        "data": _plain(search.data),
+        "data": data,
         **sections,
     }
     source = f"retrain-{rank}.yaml"
@@ -275,6 +302,8 @@ def retrain_config(
         f"{scaled}; scale it linearly if you change train.batch_size (warm-up is unchanged).",
         _data_note(cfg, recipe),
     ]
+    if data_changes:
+        notes.append("Data changed from the search: " + "; ".join(data_changes) + ".")
     if paper is not None and genotype.space != paper.space:
         notes.append(
             f"Neck: the search's {genotype.space} settings at the recipe's width (the recipe "

@@ -252,6 +252,37 @@ def test_search_recipe_keeps_the_search_settings_and_builds(tmp_path):
     assert resolve_genotype(str(exported[0].arch_path), "nasfcos").key() == heads[1].key()
 
 
+@pytest.mark.parametrize("recipe", ["paper", "search"])
+def test_retrain_data_is_the_whole_dataset_at_absolute_paths(tmp_path, monkeypatch, recipe):
+    # A proxy search on 3,000 train2017 images with a relative root (as experiments/nasfcos.yaml).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "coco").mkdir()
+    cfg = search_config(tmp_path)
+    cfg["data"] = {
+        "type": "coco",
+        "root": "coco",
+        "train": {"images": "train2017", "annotations": "a/train.json", "subset": 3000},
+        "val": {"images": "train2017", "annotations": "a/train.json", "subset": 50,
+                "holdout": 500, "holdout_part": "held_out"},
+    }  # fmt: skip
+    cfg["data"]["train"]["holdout"] = 500
+    exp = make_experiment(tmp_path, [record(samples(n=1)[0], 0.3, "t1")], cfg)
+    exported = export_top(exp, 1, recipe=recipe, log=None)
+    retrain = load_config(exported[0].retrain_path, require_data=False)
+    assert retrain.data.root == str(tmp_path / "coco")
+    # The holdout partitions train and val: it stays, or validation images would be trained on.
+    assert retrain.data.train.holdout == retrain.data.val.holdout == 500
+    assert retrain.data.val.holdout_part == "held_out"
+    lines = exported[0].retrain_path.read_text().splitlines()
+    header = " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
+    assert f"data.root coco -> {tmp_path / 'coco'}" in header
+    if recipe == "paper":
+        assert retrain.data.train.subset is None and retrain.data.val.subset is None
+        assert "data.train.subset 3000 dropped" in header
+    else:
+        assert (retrain.data.train.subset, retrain.data.val.subset) == (3000, 50)
+
+
 def test_default_experiment_is_the_most_recent_under_runs(tmp_path, monkeypatch):
     a, b = samples(n=2)
     old = make_experiment(tmp_path, [record(a, 0.3, "t1")], search_config(tmp_path, "old"))

@@ -321,8 +321,10 @@ def test_evaluator_epoch_callback_metrics_log_and_tensorboard(tmp_path):
     assert len(train_lines) == 6 and "loss_cls=" in train_lines[0] and "it/s" in train_lines[0]
 
 
-def test_metrics_log_truncated_on_resume(tmp_path):
-    cfg = make_cfg(epochs=3, eval_interval=1, checkpoint_interval=2)
+def test_metrics_log_and_tensorboard_truncated_on_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg(epochs=3, eval_interval=1, checkpoint_interval=2, tensorboard=True)
 
     def crash_at_3(epoch, info):
         if epoch == 3:
@@ -338,6 +340,13 @@ def test_metrics_log_truncated_on_resume(tmp_path):
     make_trainer(tmp_path, cfg, evaluator=lambda m, e: {"AP": float(e)}).fit(resume=True)
     epochs = [line.split(",")[0] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == ['{"epoch": 1', '{"epoch": 2', '{"epoch": 3']
+    # TensorBoard keeps what led to the checkpoint (epoch 2's evaluation at its step, 8) and drops
+    # the orphaned epoch 3, which the resumed run writes again: one value per step.
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("metrics/AP")] == [4, 8, 12]
+    assert [e.value for e in events.Scalars("metrics/AP")] == [1.0, 2.0, 3.0]
+    assert [e.step for e in events.Scalars("train/lr")] == [3, 6, 9, 12]  # log_interval 3
 
 
 # ----------------------------------------------------------------------------- NaN

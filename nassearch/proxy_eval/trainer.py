@@ -250,7 +250,8 @@ class Trainer:
         state = _RunState()
         if resume:
             self._restore(state)
-        writer = self._open_writer(purge_step=state.iteration if resume else None)
+        # Events up to the checkpoint (its last losses, its evaluation) stay; later ones are rewritten.
+        writer = self._open_writer(purge_step=state.iteration + 1 if resume else None)
         bar = self._open_bar(state.iteration)
         status, message = "ok", ""
         try:
