@@ -434,6 +434,40 @@ def save_config(cfg: BaseModel, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, a's value, b's value) of the first place two plain-data trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def check_unchanged(
+    cfg: ExperimentConfig, saved_path: Path, free: Sequence[str], what: str
+) -> None:
+    """A resumed run keeps its saved settings: the first key outside `free` (dotted) that `cfg`
+    changes is an error naming it."""
+    saved = load_config(saved_path, require_data=False)
+    trees = [json.loads(c.model_dump_json()) for c in (saved, cfg)]
+    for tree in trees:
+        for dotted in free:
+            *parents, leaf = dotted.split(".")
+            node = tree
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(leaf, None)
+    difference = first_difference(*trees)
+    if difference is not None:
+        key, was, now = difference
+        raise NasSearchError(
+            f"{key}: {now!r} differs from {was!r} in the {what}'s {saved_path}; --resume continues "
+            "with the saved settings (drop the change, or start a new --name)"
+        )
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line for the first error of a pydantic ValidationError: dotted key and what is wrong."""
     err = exc.errors()[0]

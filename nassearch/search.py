@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from nassearch.config import ExperimentConfig, load_config, save_config
+from nassearch.config import ExperimentConfig, check_unchanged, save_config
 from nassearch.controllers import build_controller
 from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.errors import NasSearchError
@@ -93,30 +93,8 @@ def check_search(cfg: ExperimentConfig, exp_dir: Path, *, resume: bool = False):
 
 def check_resume_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     """A resumed search runs with its saved settings; a config that changes them is an error."""
-    saved = load_config(exp_dir / CONFIG_FILE)
     # Where the experiment lives may change (a moved folder); what it searches may not.
-    where = {"name", "output_dir"}
-    difference = first_difference(
-        json.loads(saved.model_dump_json(exclude=where)),
-        json.loads(cfg.model_dump_json(exclude=where)),
-    )
-    if difference is not None:
-        key, was, now = difference
-        raise NasSearchError(
-            f"{key}: {now!r} differs from {was!r} in the experiment's {exp_dir / CONFIG_FILE}; "
-            "--resume continues with the saved settings (drop the change, or start a new --name)"
-        )
-
-
-def first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
-    """(dotted key, a's value, b's value) of the first place two plain-data trees differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-            if found is not None:
-                return found
-        return None
-    return None if a == b else (prefix.rstrip("."), a, b)
+    check_unchanged(cfg, exp_dir / CONFIG_FILE, free=("name", "output_dir"), what="experiment")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nassearch.config import ExperimentConfig, save_config
+from nassearch.config import ExperimentConfig, check_unchanged, save_config
 from nassearch.data.build import build_dataset
 from nassearch.data.coco import CocoDetection
 from nassearch.detectors.build import build_detector
@@ -47,6 +47,19 @@ def build_model_and_data(
     return model, train_set, val_set
 
 
+# Settings a resumed run may change: where and how it runs, what it logs. Everything else shapes
+# the training trajectory, which --resume continues exactly.
+RESUME_FREE_KEYS = (
+    "device",
+    "train.num_workers",
+    "train.log_interval",
+    "train.tensorboard",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "eval.batch_size",
+)
+
+
 def run_train(
     cfg: ExperimentConfig,
     *,
@@ -71,9 +84,11 @@ def run_train(
         raise NasSearchError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or --name to start another"
         )
+    if resume and (run_dir / "config.yaml").is_file():
+        check_unchanged(cfg, run_dir / "config.yaml", free=RESUME_FREE_KEYS, what="run")
     device = device if device is not None else resolve_device(cfg.device)
     model, train_set, val_set = build_model_and_data(cfg)
-    if main:
+    if main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     where = f"device {device}"

@@ -11,6 +11,7 @@ from nassearch.config import (
     ExperimentConfig,
     FCOSConfig,
     apply_overrides,
+    check_unchanged,
     load_config,
     save_config,
     validate_config,
@@ -141,3 +142,16 @@ def test_shipped_configs_validate(path):
     if cfg.data.type == "coco":
         with pytest.raises(NasSearchError, match=r"data\.root"):
             load_config(path, local)
+
+
+def test_check_unchanged_ignores_free_keys_and_names_the_first_change(tmp_path):
+    saved = tmp_path / "config.yaml"
+    save_config(validate_config({"train": {"epochs": 2, "log_interval": 5}}), saved)
+    free = ("device", "train.log_interval", "train.num_workers", "eval.batch_size")
+    same = {"device": "cpu", "train": {"epochs": 2, "log_interval": 9, "num_workers": 1},
+            "eval": {"batch_size": 8}}  # fmt: skip
+    check_unchanged(validate_config(same), saved, free, "run")
+    changed = {"train": {"epochs": 3, "optimizer": {"lr": 0.5}}}
+    with pytest.raises(NasSearchError) as info:
+        check_unchanged(validate_config(changed), saved, free, "run")
+    assert str(info.value).startswith(f"train.epochs: 3.0 differs from 2.0 in the run's {saved}")

@@ -111,11 +111,22 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.equal(final["model"][key], value), key
     assert (cut_dir / "metrics.json").is_file()
 
-    # Training again into the finished folder without --resume is refused and changes nothing.
-    metrics = runs / "straight" / "metrics.json"
-    before = metrics.read_bytes()
-    again = train(config, "straight")
-    assert again.returncode == 2
-    err = again.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "--resume" in err[0], again.stderr
-    assert metrics.read_bytes() == before
+    # Training again into the finished folder without --resume is refused and changes nothing;
+    # so is a resume that changes the training (here the learning rate), naming the key.
+    metrics, saved = runs / "straight" / "metrics.json", runs / "straight" / "config.yaml"
+    before = metrics.read_bytes(), saved.read_bytes()
+    for extra, needle in [
+        ((), "--resume"),
+        (("--set", "train.optimizer.lr=0.02", "--resume"), "train.optimizer.lr: 0.02 differs from 0.01"),
+    ]:  # fmt: skip
+        again = train(config, "straight", *extra)
+        assert again.returncode == 2
+        err = again.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], again.stderr
+        assert (metrics.read_bytes(), saved.read_bytes()) == before
+    # Where and how it runs may change: the finished run just reports again.
+    logging_only = train(
+        config, "straight", "--set", "train.log_interval=7", "device=auto", "--resume"
+    )
+    assert logging_only.returncode == 0, logging_only.stderr[-3000:]
+    assert saved.read_bytes() == before[1]
