@@ -7,13 +7,15 @@ status 2; nothing else is printed as a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from nassearch.distributed import is_main_rank
-from nassearch.errors import NasSearchError
+from nassearch.errors import NasSearchError, NasSearchWarning
 
 EXIT_BAD_INPUT = 2
 
@@ -295,10 +297,21 @@ COMMANDS = {
 }
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, default) -> None:
+    """Our warnings as one line, like errors; everyone else's as Python prints them."""
+    if issubclass(category, NasSearchWarning):
+        if is_main_rank():
+            print(f"warning: {message}", file=sys.stderr)
+        return
+    default(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, default=warnings.showwarning)
+            return COMMANDS[args.command](args)
     except NasSearchError as exc:
         # Under torchrun every rank meets the same bad input; rank 0 alone reports it.
         if is_main_rank():

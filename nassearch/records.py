@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nassearch.errors import NasSearchError
+from nassearch.errors import NasSearchError, NasSearchWarning
 
 RECORD_FILE = "architectures.jsonl"
 # A proxy evaluation's result fields as a record holds them (a resumed trial re-reports them).
@@ -92,12 +92,16 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 warnings.warn(
-                    f"{path}:{number}: skipping a truncated or corrupt record", stacklevel=2
+                    f"{path}:{number}: skipping a truncated or corrupt record",
+                    NasSearchWarning,
+                    stacklevel=2,
                 )
                 continue
             if not isinstance(record, dict):
                 warnings.warn(
-                    f"{path}:{number}: skipping a record that is not an object", stacklevel=2
+                    f"{path}:{number}: skipping a record that is not an object",
+                    NasSearchWarning,
+                    stacklevel=2,
                 )
                 continue
             yield record

@@ -307,6 +307,17 @@ def test_truncated_last_line_is_skipped_with_a_warning(tmp_path):
     assert [e.trial_id for e in exported] == ["t1", "t2"]
 
 
+def test_cli_prints_a_skipped_record_as_one_warning_line(tmp_path, capsys):
+    a = samples(n=1)[0]
+    exp = make_experiment(tmp_path, [record(a, 0.3, "t1")])
+    with open(exp / "architectures.jsonl", "a") as f:
+        f.write('{"reward": 0.')
+    assert main(["export", str(exp), "--top", "1", "--recipe", "search"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    path = exp / "architectures.jsonl"
+    assert err == [f"warning: {path}:2: skipping a truncated or corrupt record"]
+
+
 def test_k_larger_than_available_exports_what_exists_and_says_so(tmp_path, ranked_records):
     exp = make_experiment(tmp_path, ranked_records)
     out = tmp_path / "out"
