@@ -159,8 +159,16 @@ def rank_records(
     )
     best: dict[str, dict[str, Any]] = {}
     for _, record in ordered:
-        best.setdefault(str(record.get("key")), record)
+        best.setdefault(_identity(record), record)
     return list(best.values())
+
+
+def _identity(record: dict[str, Any]) -> str:
+    """The record's genotype key; a hand-written record without one is known by its genotype."""
+    key = record.get("key")
+    if isinstance(key, str) and key:
+        return key
+    return json.dumps(record.get("genotype"), sort_keys=True, default=str)
 
 
 def _no_architecture_error(exp: Experiment) -> NasSearchError:
@@ -375,6 +383,8 @@ def arch_document(
             "controller_step": record.get("controller_step"),
             "candidate_id": record.get("candidate_id"),
             "recorded": record.get("time"),
+            # Progressive NAS-FCOS searches record their stage (fpn, then head on the best FPN).
+            "stage": record.get("stage"),
             "search_space_options": dict(exp.config.search.space_options),
             "config": str(exp.config_path.resolve()),
             "config_sha256": exp.config_sha256,

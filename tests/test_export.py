@@ -130,6 +130,9 @@ def test_ranking_ties_duplicates_failures_and_baselines(ranked_records):
     assert [r["trial_id"] for r in ranked] == ["t4", "t2", "t6"]
     with_baselines = rank_records(ranked_records, include_baselines=True)
     assert [r["trial_id"] for r in with_baselines] == ["baseline-FPN", "t4", "t2", "t6"]
+    # Hand-written records without a key are told apart (and merged) by their genotypes.
+    keyless = [{k: v for k, v in r.items() if k != "key"} for r in ranked_records]
+    assert [r["trial_id"] for r in rank_records(keyless)] == ["t4", "t2", "t6"]
 
 
 def test_export_writes_loadable_files(tmp_path, ranked_records):
@@ -236,9 +239,11 @@ def test_search_recipe_keeps_the_search_settings_and_builds(tmp_path):
     cfg = search_config(tmp_path, space="nasfcos", space_options={"part": "head"}, baselines=[])
     cfg["model"].update(type="fcos", neck={"out_channels": 32}, feat_channels=32)
     heads = samples("nasfcos", 2, part="head")
-    exp = make_experiment(tmp_path, [record(g, 0.1 * i, f"t{i}") for i, g in enumerate(heads)], cfg)
+    records = [record(g, 0.1 * i, f"t{i}", stage="head") for i, g in enumerate(heads)]
+    exp = make_experiment(tmp_path, records, cfg)
     exported = export_top(exp, 1, recipe="search", batch_size=8, log=None)
     assert exported[0].key == heads[1].key()
+    assert yaml.safe_load(exported[0].arch_path.read_text())["provenance"]["stage"] == "head"
     retrain = load_config(exported[0].retrain_path)
     search = load_config(exp / "config.yaml")
     assert "--recipe search" in exported[0].retrain_path.read_text()
