@@ -232,7 +232,7 @@ class TrainConfig(Strict):
     log_interval: int = Field(20, ge=1)
     # Evaluate every N epochs (0: only at the end).
     eval_interval: int = Field(0, ge=0)
-    # Save a checkpoint every N epochs (always at the end).
+    # Keep epoch_N.pth every N epochs (and at the end); last.pth is rewritten after every epoch.
     checkpoint_interval: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
     tensorboard: bool = True

@@ -89,6 +89,8 @@ NASFPN_RECIPE = Recipe(
                 "warmup_ratio": 0.1,
             },
             "eval_interval": 5,
+            # 50 epochs of model + SGD state: keep every 5th (last.pth is always current).
+            "checkpoint_interval": 5,
             "num_workers": 8,
         },
         "eval": {"batch_size": 8},

@@ -275,6 +275,18 @@ def test_fractional_epochs_stop_mid_epoch_and_checkpoint_naming(tmp_path):
     assert TrainConfig.model_validate_json(ckpt["config"]) == cfg
 
 
+def test_last_checkpoint_follows_every_epoch_between_kept_ones(tmp_path):
+    def stop_after_first(epoch, info):
+        raise Interrupt
+
+    cfg = make_cfg(epochs=3, checkpoint_interval=2)
+    with pytest.raises(Interrupt):
+        make_trainer(tmp_path, cfg, on_epoch_end=stop_after_first).fit()
+    # Epoch 1 is not a kept one, but a crash after it loses nothing: last.pth holds it.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pth"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["iteration"] == 4
+
+
 def test_total_iterations_cap_and_rounding():
     assert total_iterations(make_cfg(epochs=0.1), 30) == 3
     assert total_iterations(make_cfg(epochs=2), 5) == 10

@@ -153,8 +153,9 @@ class Trainer:
     `evaluator(model, epoch)` runs every `cfg.eval_interval` epochs and after the last one; its
     metrics go to metrics.jsonl, TensorBoard and `TrainResult.metrics`. `on_epoch_end(epoch, info)`
     runs after each epoch's checkpoint with mean losses, lr, iteration and any new metrics (epochs
-    are counted from 1). Checkpoints: work_dir/checkpoints/epoch_{k}.pth every
-    `cfg.checkpoint_interval` epochs and after the final (possibly partial) epoch, plus last.pth.
+    are counted from 1). Checkpoints: work_dir/checkpoints/last.pth after every epoch (a resume
+    loses at most one), epoch_{k}.pth kept every `cfg.checkpoint_interval` epochs and after the
+    final (possibly partial) one.
     `time_limit_s` stops training (status `timeout`) at the first iteration past the limit.
     `keep_epoch_checkpoints=False` writes last.pth only (proxy trials, where disk adds up).
     """
@@ -411,8 +412,7 @@ class Trainer:
             state.metrics = broadcast_from_main(metrics)
             evaluated = True
             self._record_metrics(writer, state.metrics, epoch, state.iteration)
-        if is_last or epoch % self.cfg.checkpoint_interval == 0:
-            self._save(state, epoch)
+        self._save(state, epoch, keep=is_last or epoch % self.cfg.checkpoint_interval == 0)
         if self.on_epoch_end is not None:
             info: dict[str, Any] = {
                 "epoch": epoch,
@@ -427,8 +427,8 @@ class Trainer:
 
     # -- checkpoints
 
-    def _save(self, state: _RunState, epoch: int) -> None:
-        """Write epoch_{epoch}.pth and last.pth (atomically) under work_dir/checkpoints."""
+    def _save(self, state: _RunState, epoch: int, keep: bool) -> None:
+        """Write last.pth and, when `keep`, epoch_{epoch}.pth (atomically) under work_dir/checkpoints."""
         if self.checkpoint_dir is None or not self.is_main_process:
             return
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -451,7 +451,7 @@ class Trainer:
             # A JSON string keeps the file loadable with torch.load(weights_only=True).
             "config": self.cfg.model_dump_json(),
         }
-        if self.keep_epoch_checkpoints:
+        if keep and self.keep_epoch_checkpoints:
             save_checkpoint(content, self.checkpoint_dir / f"epoch_{epoch}.pth")
         save_checkpoint(content, self.checkpoint_dir / "last.pth")
 
