@@ -9,15 +9,18 @@ final top-5 table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
@@ -95,6 +98,17 @@ def check_resume_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     """A resumed search runs with its saved settings; a config that changes them is an error."""
     # Where the experiment lives may change (a moved folder); what it searches may not.
     check_unchanged(cfg, exp_dir / CONFIG_FILE, free=("name", "output_dir"), what="experiment")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` intra-op threads for the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -298,7 +312,10 @@ def run_search(
     for name, genotype in baselines.items():
         if f"baseline-{name}" in done:
             continue
-        result = evaluate_candidate(genotype, cfg, datasets=datasets).to_dict()
+        # The driver trains baselines itself, with a trial's threads, so that their latency and
+        # training time compare with the trials' (Ray gives each OMP_NUM_THREADS = its CPUs).
+        with torch_threads(max(1, int(cfg.search.cpus_per_trial))):
+            result = evaluate_candidate(genotype, cfg, datasets=datasets).to_dict()
         record = record_of(
             result,
             {"genotype": genotype.to_dict(), "genotype_key": genotype.key()},

@@ -10,8 +10,22 @@ from nassearch.records import read_records
 
 
 @pytest.mark.slow
-def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys):
+def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from nassearch import search
+
+    threads, real = [], search.evaluate_candidate
+
+    def evaluate(*args, **kwargs):
+        threads.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "evaluate_candidate", evaluate)
+    before = torch.get_num_threads()
     assert main(["run", write(tmp_path, search_config(tmp_path))]) == 0
+    # The driver trains the baseline on a trial's threads (cpus_per_trial 1), then restores its own.
+    assert threads == [1] and torch.get_num_threads() == before
     out = capsys.readouterr().out
     exp = tmp_path / "runs" / "tiny-search"
     records = read_records(exp / "architectures.jsonl")
