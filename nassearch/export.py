@@ -198,9 +198,12 @@ def record_genotype(exp: Experiment, record: dict[str, Any]) -> Genotype:
     data = record.get("genotype")
     if not isinstance(data, dict):
         raise NasSearchError(f"{_where(exp, record)}: genotype: missing or not a mapping")
+    # A baseline is a published genotype outside the searched space (the 7-cell FPN beside a
+    # 5-cell search): it carries its own structure, so only searched records must fit the options.
+    options = {} if record.get("baseline") else exp.config.search.space_options
     try:  # records always name their space; a hand-written one may leave it to the search's
         data = {"space": exp.config.search.space, **data}
-        return genotype_from_dict(data, **exp.config.search.space_options)
+        return genotype_from_dict(data, **options)
     except (NasSearchError, TypeError) as exc:
         raise NasSearchError(f"{_where(exp, record)}: genotype: {exc}") from None
 

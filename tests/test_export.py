@@ -215,6 +215,21 @@ def test_include_baselines_ranks_and_marks_them(tmp_path, ranked_records):
     assert "| 1 | `" in board and "| — (baseline FPN) | `" + NASFPN["FPN"].key() in board
 
 
+@pytest.mark.parametrize("recipe", ["paper", "search"])
+def test_a_baseline_outside_a_reduced_space_exports_and_builds(tmp_path, recipe):
+    # The quickstart searches 5-cell pyramids; its FPN baseline is the published 7-cell one.
+    cfg = search_config(tmp_path, space_options={"num_cells": 5})
+    five = samples(n=1, num_cells=5)[0]
+    records = [record(NASFPN["FPN"], 0.4, "baseline-FPN", baseline=True), record(five, 0.3, "t1")]
+    exp = make_experiment(tmp_path, records, cfg)
+    exported = export_top(exp, 2, include_baselines=True, recipe=recipe, log=None)
+    assert [e.key for e in exported] == [NASFPN["FPN"].key(), five.key()]
+    for e in exported:
+        retrain = load_config(e.retrain_path)
+        assert model_genotype(retrain.model).key() == e.key
+        build_detector(retrain.model, 6)
+
+
 @pytest.mark.parametrize(
     ("shipped", "space", "detector"),
     [("retinanet_r50_nasfpn_7x256.yaml", "nasfpn", "retinanet"), ("fcos_r50_nasfcos.yaml", "nasfcos", "fcos")],
