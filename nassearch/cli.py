@@ -170,13 +170,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.name = folder.name
         storage = str(folder.parent)
     cfg = _load(args)
-    try:
-        run_search(cfg, storage=storage, address=args.address, resume=args.resume)
-    except NasSearchError as exc:
-        # Problems with a config key are reported against the file that holds it.
-        if str(exc).split(":", 1)[0].split(".", 1)[0] in type(cfg).model_fields:
-            raise NasSearchError(f"{args.config}: {exc}") from None
-        raise
+    if "search" not in cfg.model_fields_set:
+        raise NasSearchError(
+            f"{args.config}: search: missing; `nassearch run` needs a search section (space, "
+            "controller, budget; see experiments/quickstart.yaml), `nassearch train` trains this config"
+        )
+    run_search(cfg, storage=storage, address=args.address, resume=args.resume)
     return 0
 
 
@@ -297,6 +296,16 @@ COMMANDS = {
 }
 
 
+def located(message: str, config: str | None) -> str:
+    """A message that starts with a config key (`data.root: ...`) names the config file too."""
+    from nassearch.config import ExperimentConfig
+
+    section = message.split(":", 1)[0].split(".", 1)[0]
+    if config and section in ExperimentConfig.model_fields:
+        return f"{config}: {message}"
+    return message
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None, *, default) -> None:
     """Our warnings as one line, like errors; everyone else's as Python prints them."""
     if issubclass(category, NasSearchWarning):
@@ -315,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NasSearchError as exc:
         # Under torchrun every rank meets the same bad input; rank 0 alone reports it.
         if is_main_rank():
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {located(str(exc), getattr(args, 'config', None))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -257,5 +257,5 @@ def _require(module: str) -> Any:
         return __import__(module)
     except ImportError:
         raise NasSearchError(
-            f"export-onnx: the {module} package is not installed; pip install 'nassearch[onnx]'"
+            f"export-onnx: the {module} package is not installed; install the onnx extra: pip install -c constraints.txt -e '.[onnx]'"
         ) from None

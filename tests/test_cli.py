@@ -94,8 +94,23 @@ def coco(tmp_path) -> Path:
 
 def test_missing_annotation_file(tmp_path, capsys, coco):
     (coco / "ann.json").unlink()
-    rc, err = run_cli(capsys, "train", str(write_config(tmp_path, coco)))
-    assert_one_line_error(rc, err, "ann.json")
+    config = write_config(tmp_path, coco)
+    rc, err = run_cli(capsys, "train", str(config))
+    # The line names the config file, the key and the path it points at.
+    assert_one_line_error(
+        rc, err, f"error: {config}: data.val.annotations: file not found: {coco / 'ann.json'}"
+    )
+
+
+def test_missing_image_folder_and_weights_name_their_keys(tmp_path, capsys, coco):
+    config = write_config(tmp_path, coco)
+    rc, err = run_cli(capsys, "train", str(config), "--set", "data.train.images=imgs")
+    assert_one_line_error(rc, err, f"error: {config}: data.train.images: folder not found")
+    weights = tmp_path / "nope.pth"
+    rc, err = run_cli(capsys, "train", str(config), "--set", f"model.backbone.weights={weights}")
+    assert_one_line_error(
+        rc, err, f"error: {config}: model.backbone.weights: {weights}: pretrained weights file"
+    )
 
 
 def test_malformed_annotation_file(tmp_path, capsys, coco):

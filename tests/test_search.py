@@ -71,6 +71,19 @@ def test_bad_search_settings_fail_before_any_trial(ray_session, tmp_path, capsys
     assert not records.exists()
 
 
+def test_a_training_config_without_a_search_section_is_refused(tmp_path, capsys):
+    cfg = search_config(tmp_path)
+    del cfg["search"]
+    path = write(tmp_path, cfg)
+    assert main(["run", path]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: search: missing;")
+    assert not (tmp_path / "runs").exists()
+    # A search section given on the command line is one.
+    assert main(["run", path, "--set", "search.num_architectures=0"]) == EXIT_BAD_INPUT
+    assert "search: missing" not in capsys.readouterr().err
+
+
 def test_existing_experiment_is_not_overwritten(tmp_path, capsys):
     exp = tmp_path / "runs" / "tiny-search"
     exp.mkdir(parents=True)

@@ -42,7 +42,12 @@ def split_paths(data: DataConfig, split: str) -> tuple[Path, Path, SplitConfig]:
     if not root.is_dir():
         raise NasSearchError(f"data.root: folder not found: {root}")
     split_cfg: SplitConfig = getattr(data, split)
-    return root / split_cfg.images, root / split_cfg.annotations, split_cfg
+    images, annotations = root / split_cfg.images, root / split_cfg.annotations
+    if not annotations.is_file():
+        raise NasSearchError(f"data.{split}.annotations: file not found: {annotations}")
+    if not images.is_dir():
+        raise NasSearchError(f"data.{split}.images: folder not found: {images}")
+    return images, annotations, split_cfg
 
 
 def build_dataset(

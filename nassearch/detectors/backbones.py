@@ -319,5 +319,8 @@ def build_backbone(
         style=style,
     )
     if weights is not None:
-        load_pretrained(model, weights)
+        try:
+            load_pretrained(model, weights)
+        except NasSearchError as exc:
+            raise NasSearchError(f"model.backbone.weights: {exc}") from None
     return model
