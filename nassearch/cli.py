@@ -281,7 +281,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(
         f"synthetic dataset written to {root} ({args.num_train} train, {args.num_val} val images)"
     )
+    print(f"use it as COCO data: --set {' '.join(coco_overrides(root))}")
     return 0
+
+
+def coco_overrides(root: Path) -> list[str]:
+    """The `--set` items that point a COCO config at a `data synth` folder."""
+    items = ["data.type=coco", f"data.root={root}"]
+    for split in ("train", "val"):
+        items += [
+            f"data.{split}.images={split}",
+            f"data.{split}.annotations=annotations/instances_{split}.json",
+        ]
+    return items
 
 
 COMMANDS = {

@@ -249,7 +249,16 @@ def test_data_synth_refuses_non_empty_folder(tmp_path, capsys):
         )
         == 0
     )
-    capsys.readouterr()
+    # The printed --set items point a COCO config at the folder.
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("use it as COCO data: --set ")
+    from nassearch.config import load_config
+    from nassearch.train import build_model_and_data
+
+    coco_config = write_config(tmp_path, tmp_path / "elsewhere")
+    cfg = load_config(coco_config, line.split("--set ", 1)[1].split())
+    _, train_set, val_set = build_model_and_data(cfg)
+    assert (len(train_set), len(val_set)) == (2, 1) and len(val_set.cat_ids) == 6
     before = sorted(p.name for p in (out / "train").iterdir())
     assert len(before) == 2
     rc, err = run_cli(capsys, "data", "synth", "--out", str(out))
