@@ -50,6 +50,8 @@ def build_model_and_data(
 # Settings a resumed run may change: where and how it runs, what it logs. Everything else shapes
 # the training trajectory, which --resume continues exactly.
 RESUME_FREE_KEYS = (
+    "name",  # a run folder may be moved or renamed
+    "output_dir",
     "device",
     "train.num_workers",
     "train.log_interval",

@@ -44,6 +44,9 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     return path
 
 
+CLI_WORKER = str(Path(__file__).with_name("ddp_cli_worker.py"))
+
+
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("torchrun")
     launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
@@ -163,10 +166,14 @@ def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_pa
         timeout=300,
     )
     assert one.returncode == 0, one.stderr
-    two = torchrun("-m", "nassearch", "train", str(path), "--name", "two")
+    # Each rank gets its own output_dir: rank 1 must leave its folder unmade.
+    ranks = tmp_path / "ranks"
+    two = torchrun(CLI_WORKER, str(ranks), "train", str(path), "--name", "two")
     assert two.returncode == 0, two.stderr[-3000:]
+    assert not (ranks / "rank1").exists()
 
     runs = tmp_path / "runs"
+    (ranks / "rank0" / "two").rename(runs / "two")
     # Rank 0 alone writes and logs: the same files as one process, each line once.
     assert files_under(runs / "two") == files_under(runs / "one")
     assert len((runs / "two" / "metrics.jsonl").read_text().splitlines()) == 1
@@ -194,6 +201,25 @@ def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tmp_pa
     summary_two = json.loads((runs / "two" / "metrics.json").read_text())
     assert summary_two["iterations"] == summary_one["iterations"]
     assert set(summary_two["metrics"]) == set(summary_one["metrics"]) >= {"AP", "AP50"}
+
+    # A single-process run interrupted after epoch 1 resumes under torchrun with 2 processes and
+    # ends where the uninterrupted run did (rank 1 reads the run folder rank 0 writes).
+    cut = runs / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    (cut / "config.yaml").write_bytes((runs / "one" / "config.yaml").read_bytes())
+    (cut / "checkpoints" / "last.pth").write_bytes(
+        (runs / "one" / "checkpoints" / "epoch_1.pth").read_bytes()
+    )
+    resumed = torchrun("-m", "nassearch", "train", str(path), "--name", "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("resumed from") == 1 and "at iteration 2" in resumed.stdout
+    c = torch.load(cut / "checkpoints" / "last.pth", weights_only=True)
+    assert c["iteration"] == 4 and c["loss_history"][:2] == a["loss_history"][:2]
+    torch.testing.assert_close(
+        torch.tensor(c["loss_history"]), torch.tensor(a["loss_history"]), rtol=1e-5, atol=1e-6
+    )
+    for key, value in a["model"].items():
+        torch.testing.assert_close(c["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
 @pytest.mark.slow
