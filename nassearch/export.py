@@ -10,8 +10,9 @@ unless asked, the baselines left out) and writes for each of the top K:
   paper recipe of the search's detector type (or the search's own settings), for `nassearch train`.
 - `arch-k.png`: the architecture drawn as in the papers.
 
-and one `leaderboard.md`. Every check runs before the first file is written, and each file is
-written atomically, so a failure leaves the export folder as it was.
+and one `leaderboard.md`. Every check runs before the first file is written, so bad input writes
+nothing, and each file is written atomically, so none is ever left half-written. Files of ranks
+beyond K from an earlier, larger export are left alone (the leaderboard lists what this one wrote).
 """
 
 from __future__ import annotations

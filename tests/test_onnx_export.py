@@ -45,10 +45,12 @@ def detector_config(tmp_path: Path, model: dict, size: int) -> Path:
     return path
 
 
-def trained_looking_checkpoint(config: Path, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+def trained_looking_checkpoint(
+    config: Path, tmp_path: Path, overrides: list[str] = ()
+) -> tuple[Path, torch.nn.Module]:
     """The config's detector with every parameter perturbed, so deformable offsets are fractional
     (they start at zero) and BatchNorm statistics are not the identity."""
-    cfg = load_config(config, require_data=False)
+    cfg = load_config(config, overrides, require_data=False)
     model = build_detector(cfg.model, cfg.model.num_classes, seed=1)
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -110,6 +112,25 @@ def test_published_nasfpn_retinanet(tmp_path, capsys):
         assert len(g["boxes"]) == len(e["boxes"]) > 0
         torch.testing.assert_close(g["boxes"], e["boxes"], rtol=1e-3, atol=1e-2)
         assert torch.equal(g["labels"], e["labels"])
+
+
+@pytest.mark.slow  # ~10 s, a 240 MB file
+def test_shipped_nasfpn_7x256_retrain_config_exports(tmp_path):
+    # The published detector at its real size: R-50, 7 stacks x 256, separate BN per level.
+    shipped = (
+        Path(__file__).resolve().parents[1] / "experiments/retrain/retinanet_r50_nasfpn_7x256.yaml"
+    )
+    overrides = ["data.root=/coco", "model.num_classes=80", "model.backbone.weights=null"]
+    cfg = load_config(shipped, overrides, require_data=False)
+    assert (cfg.model.neck.stacks, cfg.model.neck.out_channels, cfg.model.backbone.depth) == (
+        7,
+        256,
+        50,
+    )
+    checkpoint, model = trained_looking_checkpoint(shipped, tmp_path, overrides)
+    out = tmp_path / "nasfpn-7x256.onnx"
+    export(shipped, checkpoint, out, "--input-size", "128", "--set", *overrides)
+    assert_onnx_matches(out, model, 128)
 
 
 @pytest.mark.slow  # the pure DCNv2 graph is ~10k nodes: ~30 s on 2 cores

@@ -546,9 +546,12 @@ def test_load_model_weights_from_plain_and_trainer_checkpoints(tmp_path):
         tmp_path / "checkpoints" / "last.pth",
         tmp_path / "plain.pth",
         tmp_path / "ddp.pth",
+        tmp_path / "reference.pth",
     ]:
         if path.name == "plain.pth":
             torch.save(trainer.model.state_dict(), path)
+        if path.name == "reference.pth":  # torchvision's reference scripts, Detectron2
+            torch.save({"model": trainer.model.state_dict(), "epoch": 1}, path)
         if path.name == "ddp.pth":
             torch.save({f"module.{k}": v for k, v in trainer.model.state_dict().items()}, path)
         torch.manual_seed(42)

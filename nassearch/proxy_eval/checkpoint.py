@@ -78,11 +78,14 @@ def is_trainer_checkpoint(obj: Mapping[str, Any]) -> bool:
 
 
 def extract_state_dict(obj: Mapping[str, Any], path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Find the model weights in a trainer checkpoint, a `{"state_dict": ...}` file or a plain state dict."""
+    """Model weights from a trainer checkpoint, a `{"state_dict": ...}` or `{"model": ...}` file, or a
+    plain state dict."""
     if is_trainer_checkpoint(obj):
         state = obj.get("model")
     elif isinstance(obj.get("state_dict"), Mapping):
         state = obj["state_dict"]  # mmdetection / Lightning layout
+    elif isinstance(obj.get("model"), Mapping):
+        state = obj["model"]  # torchvision's reference scripts / Detectron2 layout
     else:
         state = obj
     if not isinstance(state, Mapping):
