@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +202,29 @@ def test_export_writes_loadable_files(tmp_path, ranked_records):
     assert "2.50" in board and "0.6000" in board  # GMACs, reward
     assert not any("only" in line for line in lines)
     assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_exported_files_build_without_the_experiment_and_without_ray(tmp_path, ranked_records):
+    exp = make_experiment(tmp_path, ranked_records)
+    exported = export_top(exp, 1, tmp_path / "out", recipe="search", log=None)
+    shutil.rmtree(exp)
+    # A fresh interpreter in which `import ray` fails: only the exported files are there to read.
+    script = f"""
+import sys
+sys.modules["ray"] = None
+from nassearch.config import load_config
+from nassearch.detectors.build import build_detector, model_genotype
+from nassearch.search_spaces import resolve_genotype
+cfg = load_config({str(exported[0].retrain_path)!r})
+build_detector(cfg.model, cfg.model.num_classes)
+arch = resolve_genotype({str(exported[0].arch_path)!r}, "nasfpn")
+print(model_genotype(cfg.model).key(), arch.key(), "ray" in sys.modules and sys.modules["ray"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [exported[0].key, exported[0].key, "None"]
 
 
 def test_include_baselines_ranks_and_marks_them(tmp_path, ranked_records):
