@@ -110,3 +110,25 @@ def test_search_export_then_retrain_the_best_architecture(ray_session, tmp_path)
     assert main(["eval", str(out / "retrain-1.yaml"), "--checkpoint", str(last)]) == 0
     evaluated = json.loads((run_dir / "checkpoints" / "last.eval.json").read_text())
     assert evaluated["metrics"] == metrics
+
+    # The default export, the paper recipe (7 x 256 on R-50 at 640 px), carries the same genotype;
+    # shrunk on the command line it trains here too.
+    paper_out = tmp_path / "paper"
+    assert main(["export", str(exp), "--top", "1", "--out", str(paper_out)]) == 0
+    paper = load_config(paper_out / "retrain-1.yaml")
+    assert (paper.model.neck.stacks, paper.model.neck.out_channels, paper.input.size) == (
+        7,
+        256,
+        640,
+    )
+    assert model_genotype(paper.model).key() == best["key"]
+    small = [
+        "device=cpu", "train.max_iters=2", "train.batch_size=2", "train.num_workers=0",
+        "input.size=128", "model.backbone.depth=10", "model.backbone.weights=null",
+        "model.neck.stacks=1", "model.neck.out_channels=16", "model.num_convs=1",
+        "model.feat_channels=16", f"output_dir={runs}",
+    ]  # fmt: skip
+    argv = ["train", str(paper_out / "retrain-1.yaml"), "--name", "paper", "--set", *small]
+    assert main(argv) == 0
+    summary = json.loads((runs / "paper" / "metrics.json").read_text())
+    assert summary["status"] == "ok" and summary["iterations"] == 2 and "AP" in summary["metrics"]
