@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -113,7 +112,6 @@ def run_train(
             size_divisor=cfg.input.size_divisor,
         )
 
-    start = time.time()
     trainer = Trainer(
         model,
         train_set,
@@ -133,7 +131,7 @@ def run_train(
         "message": result.message,
         "epochs_completed": result.epochs_completed,
         "iterations": result.iterations,
-        "seconds": round(time.time() - start, 1),
+        "seconds": round(result.seconds, 1),  # training and evaluation, resumed runs included
         "final_losses": result.last_losses,
         "metrics": result.metrics,
     }

@@ -216,8 +216,11 @@ def test_resume_mid_epoch_continues_from_exact_batch(tmp_path):
     resumed = make_trainer(
         tmp_path / "b", make_cfg(schedule=schedule, max_iters=11, epochs=10), model_seed=5
     )
+    saved = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pth")["seconds"]
     result = resumed.fit(resume=True)
     assert result.loss_history == full.loss_history
+    # Seconds count both invocations: the saved part's plus the resumed part's.
+    assert 0 < saved <= part.seconds and result.seconds > saved
 
 
 def test_resume_finished_run_returns_stored_result(tmp_path):

@@ -133,6 +133,8 @@ class _RunState:
     loss_history: list[float] = field(default_factory=list)
     last_losses: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # Training seconds of earlier invocations (a resumed run counts them too).
+    seconds_before: float = 0.0
 
 
 class _NonFiniteLoss(Exception):
@@ -277,7 +279,7 @@ class Trainer:
             loss_history=list(state.loss_history),
             last_losses=dict(state.last_losses),
             metrics=dict(state.metrics),
-            seconds=time.perf_counter() - started,
+            seconds=state.seconds_before + time.perf_counter() - started,
         )
 
     def _train(self, state: _RunState, writer: Any, bar: Any, started: float) -> None:
@@ -412,13 +414,15 @@ class Trainer:
             state.metrics = broadcast_from_main(metrics)
             evaluated = True
             self._record_metrics(writer, state.metrics, epoch, state.iteration)
-        self._save(state, epoch, keep=is_last or epoch % self.cfg.checkpoint_interval == 0)
+        seconds = state.seconds_before + time.perf_counter() - started
+        keep = is_last or epoch % self.cfg.checkpoint_interval == 0
+        self._save(state, epoch, keep, seconds)
         if self.on_epoch_end is not None:
             info: dict[str, Any] = {
                 "epoch": epoch,
                 "iteration": state.iteration,
                 "lr": lr,
-                "seconds": time.perf_counter() - started,
+                "seconds": seconds,
                 **epoch_means,
             }
             if evaluated:
@@ -427,7 +431,7 @@ class Trainer:
 
     # -- checkpoints
 
-    def _save(self, state: _RunState, epoch: int, keep: bool) -> None:
+    def _save(self, state: _RunState, epoch: int, keep: bool, seconds: float) -> None:
         """Write last.pth and, when `keep`, epoch_{epoch}.pth (atomically) under work_dir/checkpoints."""
         if self.checkpoint_dir is None or not self.is_main_process:
             return
@@ -448,6 +452,7 @@ class Trainer:
             "loss_history": list(state.loss_history),
             "last_losses": dict(state.last_losses),
             "metrics": dict(state.metrics),
+            "seconds": seconds,
             # A JSON string keeps the file loadable with torch.load(weights_only=True).
             "config": self.cfg.model_dump_json(),
         }
@@ -508,6 +513,7 @@ class Trainer:
         state.loss_history = [float(v) for v in ckpt.get("loss_history", [])]
         state.last_losses = dict(ckpt.get("last_losses", {}))
         state.metrics = dict(ckpt.get("metrics", {}))
+        state.seconds_before = float(ckpt.get("seconds", 0.0))
         self._truncate_metrics_log(state.iteration)
         self._emit(
             f"resumed from {path} at iteration {state.iteration} (epoch {state.epochs_completed})"
