@@ -232,6 +232,14 @@ class TrainConfig(Strict):
     log_interval: int = Field(20, ge=1)
     # Evaluate every N epochs (0: only at the end).
     eval_interval: int = Field(0, ge=0)
+    # Keep checkpoints/best.pth, the weights of the evaluation with the highest value of this COCO
+    # metric (as mmdetection's save_best); None keeps none.
+    save_best: (
+        Literal[
+            "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"
+        ]
+        | None
+    ) = None
     # Keep epoch_N.pth every N epochs (and at the end); last.pth is rewritten after every epoch.
     checkpoint_interval: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)

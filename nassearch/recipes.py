@@ -89,6 +89,7 @@ NASFPN_RECIPE = Recipe(
                 "warmup_ratio": 0.1,
             },
             "eval_interval": 5,
+            "save_best": "AP",
             # 50 epochs of model + SGD state: keep every 5th (last.pth is always current).
             "checkpoint_interval": 5,
             "num_workers": 8,
@@ -155,6 +156,7 @@ NASFCOS_RECIPE = Recipe(
                 "warmup_ratio": 0.333,
             },
             "eval_interval": 1,
+            "save_best": "AP",
             "num_workers": 4,
         },
         "eval": {"batch_size": 8},

@@ -135,6 +135,8 @@ def run_train(
         "final_losses": result.last_losses,
         "metrics": result.metrics,
     }
+    if result.best:
+        summary["best"] = {**result.best, "checkpoint": str(run_dir / "checkpoints" / "best.pth")}
     if not main:
         return summary
     _write_json(run_dir / "metrics.json", summary)

@@ -190,12 +190,18 @@ def test_refuses_to_overwrite_a_finished_run(tmp_path, capsys, coco):
 
 def test_train_then_eval_round_trip(tmp_path, capsys, coco):
     path = write_config(tmp_path, coco)
-    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path), "--set", "train.save_best=AP50"]) == 0
     run = tmp_path / "runs" / "cli"
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["status"] == "ok" and "AP" in summary["metrics"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["backbone"]["depth"] == 10
+    # One evaluation (at the end), so the best is the final one.
+    best = run / "checkpoints" / "best.pth"
+    assert summary["best"] == {
+        "metric": "AP50", "value": summary["metrics"]["AP50"], "epoch": 1, "checkpoint": str(best)
+    }  # fmt: skip
+    assert best.is_file()
     capsys.readouterr()
     assert main(["eval", str(path), "--checkpoint", str(run / "checkpoints" / "last.pth")]) == 0
     evaluated = json.loads((run / "checkpoints" / "last.eval.json").read_text())

@@ -336,6 +336,36 @@ def test_evaluator_epoch_callback_metrics_log_and_tensorboard(tmp_path):
     assert len(train_lines) == 6 and "loss_cls=" in train_lines[0] and "it/s" in train_lines[0]
 
 
+def test_save_best_keeps_the_best_evaluation_across_a_resume(tmp_path):
+    scores = {1: 0.2, 2: 0.5, 3: 0.3}
+    cfg = make_cfg(epochs=3, eval_interval=1, save_best="AP")
+
+    def stop_after_second(epoch, info):
+        if epoch == 2:
+            raise Interrupt
+
+    evaluator = lambda m, e: {"AP": scores[e], "AP50": 1.0 - scores[e]}  # noqa: E731
+    with pytest.raises(Interrupt):
+        make_trainer(tmp_path, cfg, evaluator=evaluator, on_epoch_end=stop_after_second).fit()
+    best = tmp_path / "checkpoints" / "best.pth"
+    saved = best.read_bytes()
+    result = make_trainer(tmp_path, cfg, evaluator=evaluator).fit(resume=True)
+    # Epoch 3 scores lower: best.pth still holds epoch 2's weights, known after the resume too.
+    assert result.best == {"metric": "AP", "value": 0.5, "epoch": 2}
+    assert best.read_bytes() == saved
+    epoch_2 = load_checkpoint(tmp_path / "checkpoints" / "epoch_2.pth")["model"]
+    fresh = TinyDetector()
+    load_model_weights(fresh, best)
+    for key, value in epoch_2.items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # The metric counts: best by AP50 is epoch 1.
+    other = make_trainer(tmp_path / "ap50", make_cfg(epochs=3, eval_interval=1, save_best="AP50"),
+                         evaluator=evaluator).fit()  # fmt: skip
+    assert other.best["epoch"] == 1
+    plain = make_trainer(tmp_path / "plain", make_cfg(epochs=1), evaluator=evaluator).fit()
+    assert plain.best == {} and not (tmp_path / "plain" / "checkpoints" / "best.pth").exists()
+
+
 def test_metrics_log_and_tensorboard_truncated_on_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

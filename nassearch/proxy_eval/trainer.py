@@ -68,6 +68,8 @@ class TrainResult:
     last_losses: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # With `save_best`: {"metric", "value", "epoch"} of the best evaluation (best.pth's).
+    best: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- data order
@@ -135,6 +137,7 @@ class _RunState:
     metrics: dict[str, float] = field(default_factory=dict)
     # Training seconds of earlier invocations (a resumed run counts them too).
     seconds_before: float = 0.0
+    best: dict[str, Any] = field(default_factory=dict)
 
 
 class _NonFiniteLoss(Exception):
@@ -280,6 +283,7 @@ class Trainer:
             last_losses=dict(state.last_losses),
             metrics=dict(state.metrics),
             seconds=state.seconds_before + time.perf_counter() - started,
+            best=dict(state.best),
         )
 
     def _train(self, state: _RunState, writer: Any, bar: Any, started: float) -> None:
@@ -414,6 +418,7 @@ class Trainer:
             state.metrics = broadcast_from_main(metrics)
             evaluated = True
             self._record_metrics(writer, state.metrics, epoch, state.iteration)
+            self._keep_best(state, epoch)
         seconds = state.seconds_before + time.perf_counter() - started
         keep = is_last or epoch % self.cfg.checkpoint_interval == 0
         self._save(state, epoch, keep, seconds)
@@ -430,6 +435,21 @@ class Trainer:
             self.on_epoch_end(epoch, info)
 
     # -- checkpoints
+
+    def _keep_best(self, state: _RunState, epoch: int) -> None:
+        """With `save_best`, write best.pth (weights only) when this evaluation beats the best one."""
+        name = self.cfg.save_best
+        value = state.metrics.get(name) if name else None
+        if value is None or value <= state.best.get("value", -math.inf):
+            return
+        state.best = {"metric": name, "value": value, "epoch": epoch}
+        if self.checkpoint_dir is None or not self.is_main_process:
+            return
+        content = {"model": self.model.state_dict(), "iteration": state.iteration, **state.best}
+        save_checkpoint(content, self.checkpoint_dir / "best.pth")
+        self._emit(
+            f"new best {name} {value:.4f} at epoch {epoch}: {self.checkpoint_dir / 'best.pth'}"
+        )
 
     def _save(self, state: _RunState, epoch: int, keep: bool, seconds: float) -> None:
         """Write last.pth and, when `keep`, epoch_{epoch}.pth (atomically) under work_dir/checkpoints."""
@@ -453,6 +473,7 @@ class Trainer:
             "last_losses": dict(state.last_losses),
             "metrics": dict(state.metrics),
             "seconds": seconds,
+            "best": dict(state.best),
             # A JSON string keeps the file loadable with torch.load(weights_only=True).
             "config": self.cfg.model_dump_json(),
         }
@@ -514,6 +535,7 @@ class Trainer:
         state.last_losses = dict(ckpt.get("last_losses", {}))
         state.metrics = dict(ckpt.get("metrics", {}))
         state.seconds_before = float(ckpt.get("seconds", 0.0))
+        state.best = dict(ckpt.get("best", {}))
         self._truncate_metrics_log(state.iteration)
         self._emit(
             f"resumed from {path} at iteration {state.iteration} (epoch {state.epochs_completed})"
