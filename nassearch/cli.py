@@ -18,6 +18,8 @@ from nassearch.distributed import is_main_rank
 from nassearch.errors import NasSearchError, NasSearchWarning
 
 EXIT_BAD_INPUT = 2
+# Stopped by a signal after writing a checkpoint (`--resume` continues): 128 + SIGINT, as a shell.
+EXIT_INTERRUPTED = 130
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -196,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = run_train(cfg, resume=args.resume, device=device, distributed=ctx)
     finally:
         shutdown_distributed(ctx)
-    return 0 if summary["status"] == "ok" else 1
+    return {"ok": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"], 1)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -340,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.checkpoint import load_model_weights
 from nassearch.proxy_eval.evaluate import COCO_METRIC_NAMES, evaluate_detector
 from nassearch.proxy_eval.trainer import Trainer
+from nassearch.stop_signal import StopOnSignal
 
 
 def resolve_num_classes(cfg: ExperimentConfig, dataset: CocoDetection) -> int:
@@ -112,6 +113,7 @@ def run_train(
             size_divisor=cfg.input.size_divisor,
         )
 
+    stop = StopOnSignal(log)
     trainer = Trainer(
         model,
         train_set,
@@ -123,8 +125,10 @@ def run_train(
         evaluator=evaluator,
         log=log,
         distributed=distributed,
+        stop_requested=stop,
     )
-    result = trainer.fit(resume=resume)
+    with stop:
+        result = trainer.fit(resume=resume)
     summary = {
         "name": cfg.name,
         "status": result.status,

@@ -81,16 +81,22 @@ def kill_after_first_epoch(config: Path, run_dir: Path) -> None:
     assert not (run_dir / "metrics.json").exists()
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(resume_config(tmp_path)))
-    runs = tmp_path / "runs"
-
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The config, its runs folder and the final checkpoint of a run nobody interrupted."""
+    root = tmp_path_factory.mktemp("resume-cli")
+    config = root / "train.yaml"
+    config.write_text(yaml.safe_dump(resume_config(root)))
     straight = train(config, "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    full = load(runs / "straight" / "checkpoints" / "last.pth")
+    full = load(root / "runs" / "straight" / "checkpoints" / "last.pth")
     assert full["iteration"] == TOTAL_ITERS and len(full["loss_history"]) == TOTAL_ITERS
+    return config, root / "runs", full
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(uninterrupted):
+    config, runs, full = uninterrupted
 
     cut_dir = runs / "cut"
     kill_after_first_epoch(config, cut_dir)
@@ -130,3 +136,41 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     )
     assert logging_only.returncode == 0, logging_only.stderr[-3000:]
     assert saved.read_bytes() == before[1]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_with_a_checkpoint_at_the_step_and_resume_matches(uninterrupted, tmp_path):
+    """A scheduler's preemption: SIGTERM mid-epoch -> last.pth at that step, exit 130, --resume
+    reproduces the uninterrupted run."""
+    config, runs, full = uninterrupted
+    log = tmp_path / "term.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            train_cmd(config, "term"), stdout=out, stderr=subprocess.STDOUT, env=ENV
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "epoch 2/4 iter 14/" not in log.read_text():  # log_interval 1; 12 steps per epoch
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "no second-epoch step within 240 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "SIGTERM: stopping after this step with a checkpoint" in text
+    assert "training stopped: interrupted: stopped on request at iteration" in text
+    cut = load(runs / "term" / "checkpoints" / "last.pth")
+    assert 14 <= cut["iteration"] < TOTAL_ITERS
+    assert cut["loss_history"] == full["loss_history"][: cut["iteration"]]
+
+    resumed = train(config, "term", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at iteration {cut['iteration']}" in resumed.stdout
+    final = load(runs / "term" / "checkpoints" / "last.pth")
+    assert final["loss_history"] == full["loss_history"]
+    for key, value in full["model"].items():
+        assert torch.equal(final["model"][key], value), key

@@ -223,6 +223,36 @@ def test_resume_mid_epoch_continues_from_exact_batch(tmp_path):
     assert 0 < saved <= part.seconds and result.seconds > saved
 
 
+@pytest.mark.parametrize(("stop_at", "saved_at"), [(5, 5), (4, 4)])
+def test_stop_request_checkpoints_the_step_and_resume_continues_exactly(
+    tmp_path, stop_at, saved_at
+):
+    # 4 iterations per epoch: a stop at step 5 is mid-epoch; at step 4 it waits for epoch 1's end
+    # (its evaluation and epoch checkpoint), then stops.
+    cfg = make_cfg(eval_interval=1)
+    full = make_trainer(tmp_path / "full", cfg).fit()
+    steps, evaluated = [], []
+
+    def stop_requested():
+        steps.append(None)
+        return len(steps) >= stop_at
+
+    def evaluator(model, epoch):
+        evaluated.append(epoch)
+        return {"AP": 0.1}
+
+    work = tmp_path / "stopped"
+    part = make_trainer(work, cfg, stop_requested=stop_requested, evaluator=evaluator).fit()
+    assert part.status == "interrupted" and f"at iteration {saved_at} of 16" in part.message
+    assert part.iterations == saved_at and part.loss_history == full.loss_history[:saved_at]
+    ckpt = load_checkpoint(work / "checkpoints" / "last.pth")
+    assert ckpt["iteration"] == saved_at and ckpt["epoch"] == 1
+    assert evaluated == [1] and (work / "checkpoints" / "epoch_1.pth").is_file()
+    resumed = make_trainer(work, cfg, model_seed=9, evaluator=evaluator).fit(resume=True)
+    assert resumed.status == "ok" and resumed.loss_history == full.loss_history
+    assert evaluated == [1, 2, 3, 4]
+
+
 def test_resume_finished_run_returns_stored_result(tmp_path):
     cfg = make_cfg(epochs=1)
     seen = []

@@ -58,7 +58,8 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass
 class TrainResult:
-    """Outcome of `Trainer.fit`: status `ok`, `nan` (stopped on a non-finite loss) or `timeout`."""
+    """Outcome of `Trainer.fit`: status `ok`, `nan` (stopped on a non-finite loss), `timeout` or
+    `interrupted` (stopped on request, resumable)."""
 
     status: str
     message: str
@@ -152,6 +153,10 @@ class _TimeLimit(Exception):
     """Internal signal: the run's time limit has passed."""
 
 
+class _StopRequested(Exception):
+    """Internal signal: `stop_requested()` turned true (a SIGTERM from a scheduler, a Ctrl-C)."""
+
+
 class Trainer:
     """Trains a detector whose training-mode forward returns a dict of `loss_*` tensors.
 
@@ -162,6 +167,8 @@ class Trainer:
     loses at most one), epoch_{k}.pth kept every `cfg.checkpoint_interval` epochs and after the
     final (possibly partial) one.
     `time_limit_s` stops training (status `timeout`) at the first iteration past the limit.
+    `stop_requested()`, checked after every step (on every rank), stops training with status
+    `interrupted` after writing last.pth at that step, from which `fit(resume=True)` continues.
     `keep_epoch_checkpoints=False` writes last.pth only (proxy trials, where disk adds up).
     """
 
@@ -182,8 +189,10 @@ class Trainer:
         time_limit_s: float | None = None,
         keep_epoch_checkpoints: bool = True,
         distributed: DistributedContext | None = None,
+        stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.stop_requested = stop_requested
         self.time_limit_s = time_limit_s
         self.keep_epoch_checkpoints = keep_epoch_checkpoints
         self.device = torch.device(device)
@@ -267,6 +276,14 @@ class Trainer:
             state.last_losses = exc.losses
         except _TimeLimit as exc:
             status, message = "timeout", str(exc)
+        except _StopRequested:
+            seconds = state.seconds_before + time.perf_counter() - started
+            self._save(state, state.epochs_completed, False, seconds)
+            status = "interrupted"
+            message = (
+                f"stopped on request at iteration {state.iteration} of {self.total_iters}; "
+                "last.pth holds this step (continue with --resume)"
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -329,9 +346,18 @@ class Trainer:
                         f"time limit of {self.time_limit_s:g} s reached after {state.iteration} "
                         f"of {total} iterations"
                     )
+                # At an epoch's end the stop waits for the epoch's evaluation and checkpoint.
+                if state.iteration % ipe and self._stop_now():
+                    raise _StopRequested
             state.epochs_completed = epoch + 1
             epoch_means = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
             self._end_epoch(state, writer, epoch + 1, epoch_means, lr, started)
+            if state.iteration < total and self._stop_now():
+                raise _StopRequested
+
+    def _stop_now(self) -> bool:
+        """Whether any rank was asked to stop (every rank must call this at the same steps)."""
+        return self.stop_requested is not None and any_process(self.stop_requested(), self.device)
 
     def _step(
         self, images: torch.Tensor, targets: list[dict[str, Any]], iteration: int, epoch: int
