@@ -1,6 +1,10 @@
-"""Device selection: `auto` picks CUDA when present; bf16 autocast and channels_last only on CUDA."""
+"""Device selection: `auto` picks CUDA when present; bf16 autocast and channels_last only on CUDA;
+CPU intra-op threads for a block."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -37,3 +41,14 @@ def use_bf16(device: torch.device, amp: str = "auto") -> bool:
 def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
     """channels_last memory format helps convolutions on CUDA; on CPU it is left off."""
     return device.type == "cuda" and setting in ("auto", "on")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` intra-op threads for the block, then back to what it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -9,23 +9,21 @@ final top-5 table.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
 from nassearch.controllers import build_controller
 from nassearch.controllers.tune_searcher import ControllerSearcher
+from nassearch.device import torch_threads
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
 from nassearch.proxy_eval.proxy_task import evaluate_candidate
@@ -98,17 +96,6 @@ def check_resume_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     """A resumed search runs with its saved settings; a config that changes them is an error."""
     # Where the experiment lives may change (a moved folder); what it searches may not.
     check_unchanged(cfg, exp_dir / CONFIG_FILE, free=("name", "output_dir"), what="experiment")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch on `n` intra-op threads for the block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

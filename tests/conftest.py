@@ -35,11 +35,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny convolutions and LSTM steps: extra OpenMP threads only contend on a 2-core machine."""
-    import torch
+    from nassearch.device import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)

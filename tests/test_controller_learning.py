@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from nassearch.controllers import build_controller
 from nassearch.controllers.surrogate import SurrogateReward
@@ -28,12 +27,7 @@ REINFORCE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def best_found(space, strategy: str, seed: int, hparams: dict) -> float:
