@@ -140,6 +140,10 @@ class _RunState:
     seconds_before: float = 0.0
     best: dict[str, Any] = field(default_factory=dict)
 
+    def seconds(self, started: float) -> float:
+        """Training seconds so far: earlier invocations' and this one's (since `started`)."""
+        return self.seconds_before + time.perf_counter() - started
+
 
 class _NonFiniteLoss(Exception):
     """Internal signal: the loss at the current step is NaN or infinite (carries the loss values)."""
@@ -167,8 +171,9 @@ class Trainer:
     loses at most one), epoch_{k}.pth kept every `cfg.checkpoint_interval` epochs and after the
     final (possibly partial) one.
     `time_limit_s` stops training (status `timeout`) at the first iteration past the limit.
-    `stop_requested()`, checked after every step (on every rank), stops training with status
-    `interrupted` after writing last.pth at that step, from which `fit(resume=True)` continues.
+    `stop_requested()`, asked at every step (on every rank, agreed on with the step's loss
+    reduction), stops training with status `interrupted` after writing last.pth at that step, from
+    which `fit(resume=True)` continues.
     `keep_epoch_checkpoints=False` writes last.pth only (proxy trials, where disk adds up).
     """
 
@@ -277,8 +282,7 @@ class Trainer:
         except _TimeLimit as exc:
             status, message = "timeout", str(exc)
         except _StopRequested:
-            seconds = state.seconds_before + time.perf_counter() - started
-            self._save(state, state.epochs_completed, False, seconds)
+            self._save(state, state.epochs_completed, False, state.seconds(started))
             status = "interrupted"
             message = (
                 f"stopped on request at iteration {state.iteration} of {self.total_iters}; "
@@ -299,7 +303,7 @@ class Trainer:
             loss_history=list(state.loss_history),
             last_losses=dict(state.last_losses),
             metrics=dict(state.metrics),
-            seconds=state.seconds_before + time.perf_counter() - started,
+            seconds=state.seconds(started),
             best=dict(state.best),
         )
 
@@ -317,9 +321,10 @@ class Trainer:
             epoch_sums: dict[str, float] = {}
             epoch_steps = 0
             lr = self.current_lr(state.iteration)
+            stop = False
             for images, targets in loader:
                 lr = self.current_lr(state.iteration)
-                losses = self._step(images, targets, state.iteration, epoch)
+                losses, stop = self._step(images, targets, state.iteration, epoch)
                 state.iteration += 1
                 state.loss_history.append(losses["loss"])
                 state.last_losses = losses
@@ -347,22 +352,19 @@ class Trainer:
                         f"of {total} iterations"
                     )
                 # At an epoch's end the stop waits for the epoch's evaluation and checkpoint.
-                if state.iteration % ipe and self._stop_now():
+                if stop and state.iteration % ipe:
                     raise _StopRequested
             state.epochs_completed = epoch + 1
             epoch_means = {k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
             self._end_epoch(state, writer, epoch + 1, epoch_means, lr, started)
-            if state.iteration < total and self._stop_now():
+            if stop and state.iteration < total:
                 raise _StopRequested
-
-    def _stop_now(self) -> bool:
-        """Whether any rank was asked to stop (every rank must call this at the same steps)."""
-        return self.stop_requested is not None and any_process(self.stop_requested(), self.device)
 
     def _step(
         self, images: torch.Tensor, targets: list[dict[str, Any]], iteration: int, epoch: int
-    ) -> dict[str, float]:
-        """One optimiser step; returns the loss values, or raises _NonFiniteLoss before touching weights."""
+    ) -> tuple[dict[str, float], bool]:
+        """One optimiser step; returns the loss values and whether any rank was asked to stop, or
+        raises _NonFiniteLoss before touching weights."""
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -381,11 +383,16 @@ class Trainer:
                 f"model returned {type(loss_dict).__name__} in training mode; expected a dict of loss_* tensors"
             )
         total = sum(value.float() for value in loss_dict.values())
-        # One device->host transfer for all values (also the NaN check).
-        values = torch.stack([total.detach()] + [v.detach().float() for v in loss_dict.values()])
-        # The mean over ranks is the global batch's loss (normalisers are global), and every rank
-        # sees the same values, so all of them agree on the non-finite check below.
-        numbers = average_over_processes(values).tolist()
+        # One device->host transfer for all values (also the NaN check), the stop request riding
+        # along: the mean over ranks is the global batch's loss (normalisers are global), so every
+        # rank agrees on the non-finite check below and, mean > 0, on a stop asked of any of them.
+        stop = self.stop_requested is not None and self.stop_requested()
+        values = torch.stack(
+            [total.detach()]
+            + [v.detach().float() for v in loss_dict.values()]
+            + [total.new_tensor(float(stop))]
+        )
+        *numbers, stop_mean = average_over_processes(values).tolist()
         losses = {"loss": numbers[0], **dict(zip(loss_dict.keys(), numbers[1:], strict=True))}
         if not math.isfinite(numbers[0]):
             state_str = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
@@ -399,7 +406,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return losses
+        return losses, stop_mean > 0
 
     def _make_loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """This epoch's loader of this rank's share of every global batch, from `start_batch` on."""
@@ -445,7 +452,7 @@ class Trainer:
             evaluated = True
             self._record_metrics(writer, state.metrics, epoch, state.iteration)
             self._keep_best(state, epoch)
-        seconds = state.seconds_before + time.perf_counter() - started
+        seconds = state.seconds(started)
         keep = is_last or epoch % self.cfg.checkpoint_interval == 0
         self._save(state, epoch, keep, seconds)
         if self.on_epoch_end is not None:
