@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from search_configs import train_config
 
 from nassearch.cli import main
 from nassearch.config import load_config, save_config, validate_config
@@ -40,29 +41,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def search_config(tmp_path: Path, name: str = "exp", **search) -> dict:
     """A tiny synthetic-data search config, as `nassearch run` would save it."""
     return {
-        "name": name,
-        "seed": 3,
-        "device": "cpu",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {
-            "type": "synthetic",
-            "synthetic": {"num_train": 12, "num_val": 2, "image_size": 64, "max_object_size": 48},
-        },
-        "input": {"mode": "square", "size": 64, "size_divisor": 64},
-        "model": {
-            "num_classes": 6,
-            "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
-            "neck": {"out_channels": 16},
-            "num_convs": 1,
-            "feat_channels": 16,
-        },
-        "train": {
-            "epochs": 1,
-            "batch_size": 4,
-            "optimizer": {"type": "adamw", "lr": 0.001},
-            "schedule": {"type": "cosine", "warmup_iters": 7},
-            "tensorboard": False,
-        },
+        **train_config(
+            tmp_path,
+            name=name,
+            seed=3,
+            num_train=12,
+            model={"num_classes": 6},
+            train={
+                "optimizer": {"type": "adamw", "lr": 0.001},
+                "schedule": {"type": "cosine", "warmup_iters": 7},
+            },
+        ),
         "search": {"space": "nasfpn", "baselines": ["FPN"], **search},
     }
 
