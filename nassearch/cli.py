@@ -228,14 +228,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         f"{len(report.output_names)} outputs ({', '.join(report.output_names[:2])}, ...) "
         f"in {report.seconds:.1f} s"
     )
-    if report.max_rel_error is None:
+    if report.check is None:
         print("not checked with onnxruntime (--no-check)")
     else:
-        worst = max(report.max_rel_error, key=report.max_rel_error.get)
-        print(
-            f"onnxruntime matches PyTorch: largest relative error {report.max_rel_error[worst]:.1e} "
-            f"({worst})"
-        )
+        print(report.check.summary())
     return 0
 
 

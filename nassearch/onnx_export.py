@@ -4,7 +4,8 @@ Anchor/point decoding and NMS stay in Python (`onnx_postprocess` runs the detect
 postprocess on onnxruntime's outputs): they are data-dependent and cheap, and keeping them out of
 the graph keeps the graph portable. Export uses torch's TorchScript-based exporter (`dynamo=False`,
 no onnxscript needed); deformable convolutions (NAS-FCOS `dconv3x3`) export through the
-pure-PyTorch DCNv2 (gather + matmul, standard ONNX ops), never torchvision's custom op.
+pure-PyTorch DCNv2 (gather + matmul, standard ONNX ops), never torchvision's custom op. The file is
+written only after onnxruntime reproduces PyTorch within the bound `onnx_check` sets.
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ from nassearch.config import ExperimentConfig
 from nassearch.data.build import build_dataset
 from nassearch.detectors.build import STRIDES, build_detector
 from nassearch.errors import NasSearchError
+from nassearch.onnx_check import (
+    DEFAULT_TOLERANCE,
+    OnnxCheck,
+    check_against_pytorch,
+    require,
+    run_onnx,
+)
 from nassearch.proxy_eval.checkpoint import load_model_weights
 from nassearch.search_spaces.deform_conv import ModulatedDeformConv2d
 
 OPSET = 17
-# Largest accepted |onnxruntime - PyTorch| / max |PyTorch| over each output.
-DEFAULT_TOLERANCE = 1e-4
 OUTPUT_KINDS = {
     "retinanet": ("cls_logits", "bbox_deltas"),
     "fcos": ("cls_logits", "bbox_reg", "centerness"),
@@ -41,12 +47,12 @@ OUTPUT_KINDS = {
 
 @dataclass
 class OnnxReport:
-    """What was exported and how well onnxruntime reproduces PyTorch (None: not checked)."""
+    """What was exported and how well onnxruntime reproduces PyTorch (check None: not checked)."""
 
     path: Path
     input_shape: tuple[int, int, int, int]
     output_names: list[str]
-    max_rel_error: dict[str, float] | None
+    check: OnnxCheck | None
     seconds: float
 
 
@@ -127,7 +133,7 @@ def export_onnx(
     The batch dimension is dynamic; height and width are fixed at `input_size`. Inputs are images
     normalised as `cfg.input.normalize` says and zero-padded to that size.
     """
-    onnx = _require("onnx")
+    onnx = require("onnx")
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasSearchError(f"--out {out}: use a file name ending in .onnx")
@@ -172,47 +178,32 @@ def export_onnx(
         proto = onnx.load(str(tmp))
         _set_metadata(proto, cfg, (height, width), names)
         onnx.save(proto, str(tmp))
-        errors = None
+        result = None
         if check:
-            errors = onnxruntime_errors(tmp, images, reference, names)
-            worst = max(errors, key=errors.get)
-            if errors[worst] > tolerance:
-                raise NasSearchError(
-                    f"export-onnx: onnxruntime's {worst} differs from PyTorch's by "
-                    f"{errors[worst]:.2e} (relative; tolerance {tolerance:g}); nothing written"
-                )
+            result = onnxruntime_check(tmp, wrapper, images, reference, names, tolerance)
+            if not result.passed:
+                raise NasSearchError(f"export-onnx: {result.failure()}; nothing written")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     return OnnxReport(
-        out, (batch_size, 3, height, width), names, errors, time.perf_counter() - started
+        out, (batch_size, 3, height, width), names, result, time.perf_counter() - started
     )
 
 
-def onnxruntime_errors(
-    path: str | os.PathLike, images: Tensor, reference: tuple[Tensor, ...], names: list[str]
-) -> dict[str, float]:
-    """max |onnxruntime - PyTorch| / max |PyTorch| for each output, on `images`."""
+def onnxruntime_check(
+    path: str | os.PathLike,
+    wrapper: nn.Module,
+    images: Tensor,
+    reference: tuple[Tensor, ...],
+    names: list[str],
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> OnnxCheck:
+    """The graph at `path` run by onnxruntime on `images`, against `wrapper` (see onnx_check)."""
     outputs = run_onnx(path, images.numpy())
-    errors = {}
-    for name, got, want in zip(names, outputs, reference, strict=True):
-        want = want.numpy()
-        if got.shape != want.shape:
-            raise NasSearchError(
-                f"export-onnx: {name} has shape {got.shape} in onnxruntime, {want.shape} in PyTorch"
-            )
-        scale = max(float(np.abs(want).max()), np.finfo(np.float32).tiny)
-        errors[name] = float(np.abs(got - want).max()) / scale
-    return errors
-
-
-def run_onnx(path: str | os.PathLike, images: np.ndarray) -> list[np.ndarray]:
-    """The exported graph's outputs on CPU with onnxruntime."""
-    ort = _require("onnxruntime")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": images.astype(np.float32)})
+    return check_against_pytorch(
+        wrapper, images, outputs, names, tolerance=tolerance, reference=reference
+    )
 
 
 def onnx_postprocess(
@@ -250,12 +241,3 @@ def _set_metadata(
     for key, value in values.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def _require(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise NasSearchError(
-            f"export-onnx: the {module} package is not installed; install the onnx extra: pip install -c constraints.txt -e '.[onnx]'"
-        ) from None
