@@ -6,7 +6,9 @@ import yaml
 
 
 def search_config(tmp_path, **search) -> dict:
-    """`train_config`'s tiny detector as a 3-architecture NAS-FPN search with the FPN baseline."""
+    """`train_config`'s tiny detector as a 3-architecture NAS-FPN search with the FPN baseline,
+    two 1-CPU trials at a time (the test Ray session's 2 CPUs: a trial's start-up, not its
+    training, is most of its time, so two overlap well)."""
     cfg = train_config(tmp_path, name="tiny-search", num_train=12)
     del cfg["train"]["log_interval"]
     cfg["proxy"] = {"reward_holdout": 4}
@@ -15,6 +17,7 @@ def search_config(tmp_path, **search) -> dict:
         "controller": "reinforce",
         "controller_options": {"batch_size": 2},
         "num_architectures": 3,
+        "max_concurrent": 2,
         "baselines": ["FPN"],
         **search,
     }

@@ -34,7 +34,8 @@ def _reported_epochs(trial_dir) -> list[int]:
 
 @pytest.mark.slow
 def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_path):
-    cfg = search_config(tmp_path, num_architectures=6, max_concurrent=1)
+    # Two trials at a time (one REINFORCE batch): two are in flight when the driver is killed.
+    cfg = search_config(tmp_path, num_architectures=6)
     cfg["train"]["epochs"] = 3  # trials have mid-way checkpoints to resume from
     path = write(tmp_path, cfg)
     exp = tmp_path / "runs" / "tiny-search"

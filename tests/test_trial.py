@@ -27,7 +27,7 @@ def test_trials_report_epochs_and_scored_architectures(ray_session, tmp_path):
     searcher = ControllerSearcher(controller, max_candidates=2)
     tuner = tune.Tuner(
         tune.with_parameters(proxy_trial, experiment=json.loads(experiment.model_dump_json())),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=2, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=2, max_concurrent_trials=2),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="trial", verbose=0),
     )
     grid = tuner.fit()
