@@ -32,7 +32,7 @@ from nassearch.onnx_check import (
     DEFAULT_TOLERANCE,
     OnnxCheck,
     check_against_pytorch,
-    require,
+    require_onnx_extra,
     run_onnx,
 )
 from nassearch.proxy_eval.checkpoint import load_model_weights
@@ -133,7 +133,7 @@ def export_onnx(
     The batch dimension is dynamic; height and width are fixed at `input_size`. Inputs are images
     normalised as `cfg.input.normalize` says and zero-padded to that size.
     """
-    onnx = require("onnx")
+    onnx = require_onnx_extra("onnx")
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasSearchError(f"--out {out}: use a file name ending in .onnx")

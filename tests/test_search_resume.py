@@ -55,7 +55,7 @@ def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_
             driver.kill()
             pytest.fail("no two architectures recorded within 300 s")
         time.sleep(0.2)
-    time.sleep(1.0)  # let the next trial get under way, so one is cut off mid-training
+    time.sleep(1.0)  # let the next two trials get under way, so they may be cut off mid-training
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     driver.stdout.close()
