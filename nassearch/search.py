@@ -21,6 +21,12 @@ import ray
 from ray import tune
 
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
+from nassearch.controller_log import (
+    CONTROLLER_LOG,
+    ControllerLog,
+    read_controller_log,
+    reward_trend,
+)
 from nassearch.controllers import build_controller
 from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.device import torch_threads
@@ -327,6 +333,8 @@ def run_search(
         make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume).fit()
     all_records = read_records(records)
     log(format_top(all_records, exp_dir))
+    for line in learning_lines(cfg, exp_dir):
+        log(line)
     searched = sum(1 for r in all_records if not r.get("baseline"))
     if searched < total:
         log(
@@ -367,6 +375,7 @@ def make_tuner(
         make_controller(cfg, space),
         max_candidates=stage.num_architectures,
         tensorboard_dir=exp_dir / stage.tensorboard_dir,
+        on_update=ControllerLog(exp_dir / CONTROLLER_LOG, stage.name),
     )
     return tune.Tuner(
         trainable,
@@ -387,6 +396,21 @@ def make_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def learning_lines(cfg: ExperimentConfig, exp_dir: Path) -> list[str]:
+    """Per stage: did the controller's batch mean reward rise over its updates (controller.jsonl)?"""
+    updates = read_controller_log(exp_dir / CONTROLLER_LOG)
+    lines = []
+    for stage in dict.fromkeys(u["stage"] for u in updates):
+        means = [u["batch_reward_mean"] for u in updates if u["stage"] == stage]
+        label = (
+            cfg.search.controller
+            if not cfg.search.progressive
+            else f"{cfg.search.controller} ({stage})"
+        )
+        lines.append(f"learning: {reward_trend(means).describe(label)}")
+    return lines
 
 
 def format_top(records: list[dict[str, Any]], exp_dir: Path, k: int = 5) -> str:

@@ -41,7 +41,8 @@ def sample(policy, n, seed=0):
 
 
 def reference_unroll(policy, actions):
-    """Independent unroll: start token, LSTM stack, per-kind head, previous choice's embedding."""
+    """Independent unroll: start token, LSTM stack, per-kind head, then the previous choice's
+    embedding (autoregressive) or the next position's."""
     space = policy.space
     kinds = list(space.kinds())
     out = []  # per sequence, per step: transformed logits (1-D tensors)
@@ -60,7 +61,11 @@ def reference_unroll(policy, actions):
             if policy.tanh_constant is not None:
                 raw = policy.tanh_constant * torch.tanh(raw / policy.tanh_constant)
             steps.append(raw)
-            x = policy.embeddings[k](torch.tensor([action]))
+            t = len(steps) - 1
+            if policy.autoregressive:
+                x = policy.embeddings[k](torch.tensor([action]))
+            elif t + 1 < len(seq):
+                x = policy.positions[t].view(1, -1)
         out.append(steps)
     return out
 
@@ -76,8 +81,9 @@ def masked_log_softmax(logits, legal):
 # ------------------------------------------------------------------------------------- masks
 
 
-def test_illegal_choices_have_exactly_zero_probability(space):
-    policy = make_policy(space)
+@pytest.mark.parametrize("autoregressive", [True, False])
+def test_illegal_choices_have_exactly_zero_probability(space, autoregressive):
+    policy = make_policy(space, autoregressive=autoregressive)
     actions, _, _ = sample(policy, 24)
     with torch.no_grad():
         for t in range(len(space.decisions)):
@@ -104,8 +110,9 @@ def test_masked_entries_give_finite_gradients():
 # --------------------------------------------------------------------------------- log-probs
 
 
-def test_sample_log_prob_equals_teacher_forcing(space):
-    policy = make_policy(space, seed=1)
+@pytest.mark.parametrize("autoregressive", [True, False])
+def test_sample_log_prob_equals_teacher_forcing(space, autoregressive):
+    policy = make_policy(space, seed=1, autoregressive=autoregressive)
     with torch.no_grad():
         actions, lp_sample, ent_sample = policy.sample(16, torch.Generator().manual_seed(3))
         lp_teacher, ent_teacher = policy.log_prob(actions)
@@ -118,10 +125,16 @@ def test_sample_log_prob_equals_teacher_forcing(space):
         assert abs(float(one[0]) - float(lp_teacher[i])) < 1e-4
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_log_prob_is_sum_of_masked_log_softmax(space, num_layers):
+@pytest.mark.parametrize(("num_layers", "autoregressive"), [(1, True), (2, True), (2, False)])
+def test_log_prob_is_sum_of_masked_log_softmax(space, num_layers, autoregressive):
     policy = make_policy(
-        space, seed=2, num_layers=num_layers, hidden_size=12, embedding_dim=7, tanh_constant=2.5
+        space,
+        seed=2,
+        num_layers=num_layers,
+        hidden_size=12,
+        embedding_dim=7,
+        tanh_constant=2.5,
+        autoregressive=autoregressive,
     )
     actions, _, _ = sample(policy, 5, seed=4)
     with torch.no_grad():

@@ -8,6 +8,11 @@ with `cached_reward` set, so a driver can tell it at once instead of training it
 `state_dict()` / `load_state_dict()` restore everything (weights, optimiser, baseline, RNG states,
 pending candidates, evaluated-key table) so a restored controller asks exactly what the original
 would have.
+
+Every update of a learning strategy (a REINFORCE/PPO batch) appends a `ControllerUpdate` to
+`updates`: the batch's rewards, the baseline, the policy's entropy and the probability it gives
+the best architecture so far. Strategies without updates (random, evolution) append one per
+`RECORD_BLOCK` results, so every search has the same trend statistics.
 """
 
 from __future__ import annotations
@@ -23,6 +28,34 @@ from nassearch.errors import NasSearchError
 from nassearch.search_spaces.base import Genotype, SearchSpace
 
 SHAPINGS = ("raw", "rank")
+RECORD_BLOCK = 8  # results per ControllerUpdate for strategies that do not update in batches
+
+
+@dataclass(frozen=True)
+class ControllerUpdate:
+    """One controller update (or block of results): a line of an experiment's controller.jsonl.
+
+    Args:
+        update: 1-based index of the update.
+        told: results told so far, this batch included.
+        batch_size: results in this batch.
+        batch_reward_mean: mean clean reward of the batch (failures count as the failure reward).
+        batch_reward_max: its best clean reward.
+        best_reward: best clean reward told so far.
+        baseline: the reward baseline after the update (policy-gradient strategies).
+        entropy: mean policy entropy of the batch's sequences, in nats.
+        best_probability: probability of the best architecture so far under the updated policy.
+    """
+
+    update: int
+    told: int
+    batch_size: int
+    batch_reward_mean: float
+    batch_reward_max: float
+    best_reward: float
+    baseline: float | None = None
+    entropy: float | None = None
+    best_probability: float | None = None
 
 
 @dataclass
@@ -85,6 +118,8 @@ class Controller(ABC):
         self.pending: dict[int, Candidate] = {}
         self.evaluated: dict[str, float] = {}  # genotype key -> (clean, unshaped) reward
         self.rewards: list[float] = []  # clean rewards in the order they were told
+        self.best: Candidate | None = None  # the candidate with the best clean reward so far
+        self.updates: list[ControllerUpdate] = []
 
     # ------------------------------------------------------------------------------ ask/tell
 
@@ -111,6 +146,8 @@ class Controller(ABC):
         clean = self.clean_reward(reward)
         self.evaluated.setdefault(cand.key, clean)
         self.rewards.append(clean)
+        if self.best is None or clean > self.evaluated[self.best.key]:
+            self.best = cand
         self._observe(cand, clean, self.shape(clean))
 
     def clean_reward(self, reward: float | None) -> float:
@@ -136,6 +173,26 @@ class Controller(ABC):
         below = float((seen < reward).sum())
         ties = float((seen == reward).sum()) - 1.0
         return (below + 0.5 * ties) / (len(seen) - 1)
+
+    def record_update(self, batch: list[float], **policy: float | None) -> ControllerUpdate:
+        """Append the ControllerUpdate of a batch of clean rewards (`policy`: baseline, entropy,
+        best_probability)."""
+        update = ControllerUpdate(
+            update=len(self.updates) + 1,
+            told=len(self.rewards),
+            batch_size=len(batch),
+            batch_reward_mean=float(np.mean(batch)),
+            batch_reward_max=float(max(batch)),
+            best_reward=float(max(self.rewards)),
+            **policy,
+        )
+        self.updates.append(update)
+        return update
+
+    def _record_block(self) -> None:
+        """For strategies without batches: one ControllerUpdate per RECORD_BLOCK results."""
+        if len(self.rewards) % RECORD_BLOCK == 0:
+            self.record_update(self.rewards[-RECORD_BLOCK:])
 
     # ------------------------------------------------------------------------- for subclasses
 
@@ -174,6 +231,8 @@ class Controller(ABC):
             "pending": [c.to_dict() for c in self.pending.values()],
             "evaluated": dict(self.evaluated),
             "rewards": list(self.rewards),
+            "best": None if self.best is None else self.best.to_dict(),
+            "updates": [asdict(u) for u in self.updates],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -188,3 +247,6 @@ class Controller(ABC):
         self.pending = {c["id"]: Candidate.from_dict(c, self.space) for c in state["pending"]}
         self.evaluated = dict(state["evaluated"])
         self.rewards = list(state["rewards"])
+        best = state.get("best")
+        self.best = None if best is None else Candidate.from_dict(best, self.space)
+        self.updates = [ControllerUpdate(**u) for u in state.get("updates", [])]

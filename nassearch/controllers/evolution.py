@@ -123,6 +123,7 @@ class EvolutionController(Controller):
         while len(self.population) > self.population_size:
             self.population.popleft()
         self.step += 1
+        self._record_block()
 
     def stats(self) -> dict[str, float]:
         out = super().stats()

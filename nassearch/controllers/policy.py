@@ -3,8 +3,14 @@
 The policy sees a space only through `decisions`, `kinds()` and `mask(prefix)`, so NAS-FPN,
 NAS-FCOS or any later space works without space-specific code:
 
-- step 0 reads a learned start token; step t > 0 reads the embedding of the previous decision's
-  choice, from the embedding table of that decision's kind;
+- step 0 reads a learned start token; step t > 0 reads, when `autoregressive`, the embedding of
+  the previous decision's choice (from the embedding table of that decision's kind, as in ENAS),
+  otherwise a learned embedding of position t. Without autoregression the logits do not depend
+  on earlier choices (only the masks do): decisions are independent given the masks. That is the
+  controllers' default, because it learns faster at search budgets of 100-1,000 samples: with
+  autoregression every choice that departs from the sequences the policy was trained on changes
+  the LSTM's input, and the rest of the sequence is drawn from states it never learned from
+  (scripts/bench_controller.py, README);
 - a stack of LSTM cells carries the state across steps;
 - one linear softmax head per decision kind (shared by all cells) gives the logits, which are
   divided by `temperature` and then, when `tanh_constant` c is set, squashed to c * tanh(x / c)
@@ -40,6 +46,7 @@ class LSTMPolicy(nn.Module):
         embedding_dim: int | None = None,
         temperature: float = 1.0,
         tanh_constant: float | None = None,
+        autoregressive: bool = True,
         init_range: float = 0.1,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -64,9 +71,15 @@ class LSTMPolicy(nn.Module):
         self.embedding_dim = embedding_dim
         self.temperature = float(temperature)
         self.tanh_constant = None if tanh_constant is None else float(tanh_constant)
+        self.autoregressive = bool(autoregressive)
 
         self.start = nn.Parameter(torch.empty(embedding_dim))
-        self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim) for c in self.kind_choices)
+        if self.autoregressive:
+            self.embeddings = nn.ModuleList(
+                nn.Embedding(c, embedding_dim) for c in self.kind_choices
+            )
+        else:
+            self.positions = nn.Parameter(torch.empty(len(self.step_kinds) - 1, embedding_dim))
         self.cells = nn.ModuleList(
             nn.LSTMCell(embedding_dim if i == 0 else hidden_size, hidden_size)
             for i in range(num_layers)
@@ -154,11 +167,17 @@ class LSTMPolicy(nn.Module):
                         f"policy: expected {len(decisions)} actions per sequence, got {len(seq)}"
                     )
         device = self.start.device
+        # Without autoregression the LSTM's inputs do not depend on the choices: one row serves
+        # every sequence, and only the masks differ.
+        width = n if self.autoregressive else 1
         state = [
-            (self.start.new_zeros(n, self.hidden_size), self.start.new_zeros(n, self.hidden_size))
+            (
+                self.start.new_zeros(width, self.hidden_size),
+                self.start.new_zeros(width, self.hidden_size),
+            )
             for _ in self.cells
         ]
-        inp = self.start.unsqueeze(0).expand(n, -1)
+        inp = self.start.unsqueeze(0).expand(width, -1)
         prefixes: list[list[int]] = [[] for _ in range(n)]
         log_prob = self.start.new_zeros(n)
         entropy = self.start.new_zeros(n)
@@ -169,7 +188,7 @@ class LSTMPolicy(nn.Module):
             for i, cell in enumerate(self.cells):
                 state[i] = cell(x, state[i])
                 x = state[i][0]
-            logits = self.transform_logits(self.heads[kind](x))
+            logits = self.transform_logits(self.heads[kind](x)).expand(n, -1)
             if record:
                 recorded.append(logits)
             mask = torch.tensor(
@@ -197,7 +216,10 @@ class LSTMPolicy(nn.Module):
             entropy = entropy - (logp.exp() * logp.masked_fill(~mask, 0.0)).sum(dim=-1)
             for p, c in zip(prefixes, choice.tolist(), strict=True):
                 p.append(int(c))
-            inp = self.embeddings[kind](choice)
+            if self.autoregressive:
+                inp = self.embeddings[kind](choice)
+            elif t + 1 < len(self.step_kinds):
+                inp = self.positions[t].unsqueeze(0)
         return prefixes, log_prob, entropy, recorded
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from nassearch.controllers.reinforce import ReinforceController, _check
+from nassearch.errors import NasSearchError
 from nassearch.search_spaces.base import SearchSpace
 
 __all__ = ["PPOController"]
@@ -39,6 +40,10 @@ class PPOController(ReinforceController):
         buffer_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if "update_steps" in kwargs:
+            raise NasSearchError(
+                "controller ppo: update_steps is REINFORCE's; PPO takes ppo_epochs steps per update"
+            )
         super().__init__(space, seed, **kwargs)
         _check(self.name, "clip", clip, lambda v: 0 < v < 1, "in (0, 1)")
         _check(self.name, "ppo_epochs", ppo_epochs, lambda v: v >= 1, "an integer >= 1", int)
@@ -64,11 +69,16 @@ class PPOController(ReinforceController):
         adv = self._advantage_tensor([r["advantage"] for r in self.buffer])
         old = torch.tensor([r["log_prob"] for r in self.buffer], dtype=adv.dtype, device=adv.device)
         actions = [r["actions"] for r in self.buffer]
+        elites = [e["actions"] for e in self.elites] if self.elite_weight > 0 else []
+        n = len(actions)
         for _ in range(self.ppo_epochs):
-            log_prob, entropy = self.policy.log_prob(actions)
+            log_prob, entropy = self.policy.log_prob(actions + elites)
+            log_prob, elite_log_prob, entropy = log_prob[:n], log_prob[n:], entropy[:n]
             ratio = torch.exp(log_prob - old)
             surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
             loss = -surrogate.mean() - self.entropy_weight * entropy.mean()
+            if elites:
+                loss = loss - self.elite_weight * elite_log_prob.mean()
             self._optimise(loss)
         with torch.no_grad():
             clipped = ((ratio - 1).abs() > self.clip).float().mean()

@@ -30,3 +30,4 @@ class RandomController(Controller):
 
     def _observe(self, candidate: Candidate, reward: float, shaped: float) -> None:
         self.step += 1
+        self._record_block()

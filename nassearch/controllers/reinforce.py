@@ -45,20 +45,25 @@ class ReinforceController(Controller):
         space: SearchSpace,
         seed: int = 0,
         *,
-        lr: float = 3.5e-4,
+        lr: float = 0.02,
         hidden_size: int = 100,
         num_layers: int = 1,
         embedding_dim: int | None = None,
         temperature: float = 1.0,
-        tanh_constant: float | None = None,
+        tanh_constant: float | None = 2.5,
+        autoregressive: bool = False,
         batch_size: int = 8,
         async_updates: bool = False,
         baseline_decay: float = 0.95,
         normalize_advantage: bool = False,
-        entropy_weight: float = 1e-4,
+        entropy_weight: float = 1e-3,
         grad_clip: float | None = None,
+        elite_size: int = 3,
+        elite_weight: float = 1.0,
+        update_steps: int = 4,
+        novelty_retries: int = 8,
         failure_reward: float = 0.0,
-        reward_shaping: str = "raw",
+        reward_shaping: str = "rank",
         dedup: bool = True,
     ) -> None:
         super().__init__(
@@ -81,6 +86,11 @@ class ReinforceController(Controller):
         self.normalize_advantage = bool(normalize_advantage)
         self.entropy_weight = float(entropy_weight)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.elite_size = int(elite_size)
+        self.elite_weight = float(elite_weight)
+        self.update_steps = int(update_steps)
+        self.novelty_retries = int(novelty_retries)
+        self.elites: list[dict[str, Any]] = []  # best unique architectures, best first
 
         self.generator = torch.Generator().manual_seed(seed)
         self.policy = LSTMPolicy(
@@ -90,6 +100,7 @@ class ReinforceController(Controller):
             embedding_dim=embedding_dim,
             temperature=temperature,
             tanh_constant=tanh_constant,
+            autoregressive=autoregressive,
             generator=self.generator,
         )
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
@@ -108,12 +119,37 @@ class ReinforceController(Controller):
         self.handed += n
         with torch.no_grad():
             actions, log_prob, _ = self.policy.sample(n, self.generator)
+            if self.novelty_retries:
+                actions, log_prob = self._novel(actions, log_prob)
         return [
             (seq, {"log_prob": float(lp)})
             for seq, lp in zip(actions, log_prob.tolist(), strict=True)
         ]
 
+    def _novel(self, actions: list[list[int]], log_prob: torch.Tensor):
+        """Redraw (up to novelty_retries times) samples whose architecture was already evaluated,
+        is pending, or repeats another sample of this ask."""
+        seen = set(self.evaluated) | {c.key for c in self.pending.values()}
+        log_prob = log_prob.clone()
+        keys = []
+        for j, seq in enumerate(actions):
+            key = self.space.decode(seq).key()
+            tries = 0
+            while key in seen and tries < self.novelty_retries:
+                (seq,), lp, _ = self.policy.sample(1, self.generator)
+                key, tries = self.space.decode(seq).key(), tries + 1
+                actions[j], log_prob[j] = seq, lp[0]
+            seen.add(key)
+            keys.append(key)
+        return actions, log_prob
+
     def _observe(self, candidate: Candidate, reward: float, shaped: float) -> None:
+        if self.elite_size and all(e["key"] != candidate.key for e in self.elites):
+            self.elites.append(
+                {"key": candidate.key, "actions": list(candidate.actions), "reward": reward}
+            )
+            self.elites.sort(key=lambda e: -e["reward"])
+            del self.elites[self.elite_size :]
         self.batch.append(
             {
                 "id": candidate.id,
@@ -135,6 +171,20 @@ class ReinforceController(Controller):
                 batch_reward_max=max(rewards),
                 staleness=sum(self.step - 1 - r["step"] for r in results) / len(results),
             )
+            self.record_update(
+                rewards,
+                baseline=self.baseline,
+                entropy=self.last["entropy"],
+                best_probability=self.best_probability(),
+            )
+
+    def best_probability(self) -> float | None:
+        """The policy's probability of the best architecture told so far."""
+        if self.best is None:
+            return None
+        with torch.no_grad():
+            log_prob, _ = self.policy.log_prob([self.best.actions])
+        return float(log_prob.exp()[0])
 
     # --------------------------------------------------------------------------------- update
 
@@ -158,10 +208,16 @@ class ReinforceController(Controller):
 
     def _update(self, results: list[dict[str, Any]]) -> None:
         adv = self._advantage_tensor(self._advantages(results))
-        log_prob, entropy = self.policy.log_prob([r["actions"] for r in results])
-        loss = -(adv * log_prob).mean() - self.entropy_weight * entropy.mean()
-        self._optimise(loss)
-        self.last.update(entropy=float(entropy.detach().mean()), loss=float(loss.detach()))
+        actions = [r["actions"] for r in results]
+        elites = [e["actions"] for e in self.elites] if self.elite_weight > 0 else []
+        for _ in range(self.update_steps):
+            log_prob, entropy = self.policy.log_prob(actions + elites)
+            n = len(actions)
+            loss = -(adv * log_prob[:n]).mean() - self.entropy_weight * entropy[:n].mean()
+            if elites:
+                loss = loss - self.elite_weight * log_prob[n:].mean()
+            self._optimise(loss)
+        self.last.update(entropy=float(entropy[:n].detach().mean()), loss=float(loss.detach()))
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -195,6 +251,7 @@ class ReinforceController(Controller):
             batch=copy.deepcopy(self.batch),
             handed=self.handed,
             last=dict(self.last),
+            elites=copy.deepcopy(self.elites),
         )
         return state
 
@@ -214,6 +271,7 @@ class ReinforceController(Controller):
         self.batch = copy.deepcopy(state["batch"])
         self.handed = int(state["handed"])
         self.last = dict(state["last"])
+        self.elites = copy.deepcopy(state.get("elites", []))
 
 
 def _check(owner: str, name: str, value: Any, ok: Any, expected: str, kind: type = float) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain
 
-from nassearch.controllers.base import Candidate, Controller
+from nassearch.controllers.base import Candidate, Controller, ControllerUpdate
 from nassearch.errors import NasSearchError
 
 __all__ = ["ControllerSearcher"]
@@ -42,7 +42,8 @@ class ControllerSearcher(Searcher):
     failure reward. `max_candidates` ends the search after that many trials were suggested;
     `max_duplicates_in_a_row` ends it when the controller keeps proposing known architectures
     (a converged policy or an exhausted space). Controller statistics go to TensorBoard in
-    `tensorboard_dir`, written from the driver only.
+    `tensorboard_dir`, written from the driver only; every controller update (`ControllerUpdate`)
+    goes to TensorBoard under `update/` and to `on_update` (e.g. a `ControllerLog`).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class ControllerSearcher(Searcher):
         max_candidates: int | None = None,
         tensorboard_dir: str | Path | None = None,
         max_duplicates_in_a_row: int = 1000,
+        on_update: Callable[[ControllerUpdate], None] | None = None,
     ) -> None:
         if mode not in ("max", "min"):
             raise NasSearchError(f"searcher mode: {mode!r} is not one of max, min")
@@ -68,6 +70,8 @@ class ControllerSearcher(Searcher):
         self.max_candidates = max_candidates
         self.max_duplicates_in_a_row = max_duplicates_in_a_row
         self.tensorboard_dir = None if tensorboard_dir is None else str(tensorboard_dir)
+        self.on_update = on_update
+        self.updates_reported = 0  # controller updates handed to on_update / TensorBoard
         self.trials: dict[str, tuple[int, str]] = {}  # trial id -> (candidate id, genotype key)
         self.inflight: dict[str, str] = {}  # genotype key -> id of the trial training it
         self.waiting: dict[str, list[int]] = {}  # genotype key -> candidate ids awaiting its reward
@@ -176,6 +180,7 @@ class ControllerSearcher(Searcher):
                 "num_deduplicated": self.num_deduplicated,
                 "num_completed": self.num_completed,
                 "num_failed": self.num_failed,
+                "updates_reported": self.updates_reported,
             },
         }
 
@@ -252,15 +257,28 @@ class ControllerSearcher(Searcher):
         self.controller.tell(cid, reward)
         if force_log or self.controller.step != step:
             self._log(reward)
+        for update in self.controller.updates[self.updates_reported :]:
+            self._report_update(update)
+        self.updates_reported = len(self.controller.updates)
+
+    def _report_update(self, update: ControllerUpdate) -> None:
+        if self.on_update is not None:
+            self.on_update(update)
+        writer = self._tensorboard()
+        if writer is None:
+            return
+        for name in ("batch_reward_mean", "batch_reward_max", "baseline", "entropy"):
+            value = getattr(update, name)
+            if value is not None and math.isfinite(value):
+                writer.add_scalar(f"update/{name}", value, global_step=update.update)
+        if update.best_probability is not None:
+            writer.add_scalar("update/best_probability", update.best_probability, update.update)
 
     def _log(self, reward: float | None) -> None:
         """Controller statistics at global step = results told so far (monotone across resumes)."""
-        if self.tensorboard_dir is None:
+        writer = self._tensorboard()
+        if writer is None:
             return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(self.tensorboard_dir)
         told = len(self.controller.rewards)
         scalars = {f"controller/{k}": v for k, v in self.controller.stats().items()}
         scalars.update(
@@ -276,8 +294,18 @@ class ControllerSearcher(Searcher):
         for tag, value in scalars.items():
             value = float(value)
             if math.isfinite(value):
-                self._writer.add_scalar(tag, value, global_step=told)
-        self._writer.flush()
+                writer.add_scalar(tag, value, global_step=told)
+        writer.flush()
+
+    def _tensorboard(self):
+        """The driver-side SummaryWriter (created on first use), or None without a folder."""
+        if self.tensorboard_dir is None:
+            return None
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.tensorboard_dir)
+        return self._writer
 
     def _flush(self) -> None:
         if self._writer is not None:
