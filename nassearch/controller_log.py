@@ -68,11 +68,13 @@ class RewardTrend:
         return self.rho > 0 and self.p_value < 0.05
 
     def describe(self, strategy: str) -> str:
+        """One line: did `strategy`'s batch mean reward rise (rho, p), or why no trend is given."""
+        updates = f"{self.updates} update{'' if self.updates == 1 else 's'}"
         if not math.isfinite(self.rho):
-            return f"{strategy}: {self.updates} updates, too few (or constant rewards) for a trend"
+            return f"{strategy}: {updates}, too few (or constant rewards) for a trend"
         verdict = "rose" if self.rose else "did not rise significantly"
         return (
-            f"{strategy}: batch mean reward {verdict} over {self.updates} updates "
+            f"{strategy}: batch mean reward {verdict} over {updates} "
             f"(Spearman rho {self.rho:+.2f}, p {self.p_value:.2g})"
         )
 

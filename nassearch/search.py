@@ -401,6 +401,8 @@ def make_tuner(
 def learning_lines(cfg: ExperimentConfig, exp_dir: Path) -> list[str]:
     """Per stage: did the controller's batch mean reward rise over its updates (controller.jsonl)?"""
     updates = read_controller_log(exp_dir / CONTROLLER_LOG)
+    if not updates:
+        return [f"learning: {reward_trend([]).describe(cfg.search.controller)}"]
     lines = []
     for stage in dict.fromkeys(u["stage"] for u in updates):
         means = [u["batch_reward_mean"] for u in updates if u["stage"] == stage]

@@ -156,3 +156,35 @@ def test_every_update_is_recorded():
 def test_ppo_takes_epochs_not_update_steps():
     with pytest.raises(NasSearchError, match="ppo_epochs"):
         build_controller("ppo", get_space("nasfpn"), update_steps=2)
+
+
+def test_controller_log_writes_each_update_once_and_the_trend_is_spearman(tmp_path):
+    from scipy.stats import spearmanr
+
+    from nassearch.controller_log import ControllerLog, read_controller_log, reward_trend
+    from nassearch.controllers.base import ControllerUpdate
+
+    path = tmp_path / "controller.jsonl"
+    log = ControllerLog(path, "fpn")
+    means = [0.1, 0.3, 0.2, 0.5, 0.4, 0.6]
+    updates = [ControllerUpdate(i + 1, 8 * (i + 1), 8, m, m, m) for i, m in enumerate(means)]
+    for u in updates[:4]:
+        log(u)
+    # A restored searcher (its log pickled with Tune's state) replays updates 3 and 4.
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(log))
+    for u in updates[2:]:
+        restored(u)
+    ControllerLog(path, "head")(updates[0])  # another stage counts on its own
+    lines = read_controller_log(path)
+    assert [(r["stage"], r["update"]) for r in lines] == [("fpn", i) for i in range(1, 7)] + [
+        ("head", 1)
+    ]
+    trend = reward_trend([r["batch_reward_mean"] for r in lines if r["stage"] == "fpn"])
+    expected = spearmanr(range(6), means)
+    assert (trend.rho, trend.p_value) == pytest.approx((expected.statistic, expected.pvalue))
+    assert trend.rose and "rose over 6 updates (Spearman rho +0.89" in trend.describe("ppo")
+    flat = reward_trend([0.5, 0.2, 0.5, 0.2, 0.5, 0.2])
+    assert not flat.rose and "did not rise significantly" in flat.describe("random")
+    assert "too few" in reward_trend([0.1, 0.2]).describe("reinforce")

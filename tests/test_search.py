@@ -50,6 +50,16 @@ def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys, m
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"ray/tune/loss_cls", "ray/tune/reward", "ray/tune/coco/AP"} <= tags
+    # The controller's one update (a batch of 2): controller.jsonl, TensorBoard, the last line.
+    updates = read_records(exp / "controller.jsonl")
+    assert len(updates) == 1 and updates[0]["update"] == 1 and updates[0]["batch_size"] == 2
+    first_two = [r["reward"] for r in searched if r["controller_step"] == 0]
+    assert updates[0]["batch_reward_mean"] == pytest.approx(sum(first_two) / 2)
+    assert 0 < updates[0]["best_probability"] <= 1 and updates[0]["entropy"] > 0
+    events = EventAccumulator(str(exp / "tensorboard"))
+    events.Reload()
+    assert {"update/batch_reward_mean", "update/best_probability"} <= set(events.Tags()["scalars"])
+    assert "learning: reinforce: 1 update, too few" in out
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,23 @@ waits for results; the update happens in the `tell` that completes the batch. As
 results make one update, whichever policy versions drew them (each candidate keeps its `step`,
 the version it was drawn from; with `batch_size=1` every `tell` updates).
 
-Update. The advantage of a result is its shaped reward minus an exponential-moving-average
-baseline (initialised to the first batch's mean, then updated with decay `baseline_decay` after
-the batch's advantages are taken, so a reward never counts in its own baseline). The loss is
--mean(advantage * log_prob) - entropy_weight * mean(entropy), where log_prob and entropy are
-recomputed by teacher forcing at update time (so no autograd graph is ever kept, and a restored
-controller needs only weights). Adam, optional global-norm gradient clipping. Candidates with a
-`cached_reward` (deduplicated) count as results like any other.
+Update. The advantage of a result is its shaped reward (by default its rank quantile among all
+rewards so far, which makes the update independent of the reward's scale and offset) minus an
+exponential-moving-average baseline (initialised to the first batch's mean, then updated with
+decay `baseline_decay` after the batch's advantages are taken, so a reward never counts in its
+own baseline). The loss is
+
+    -mean(advantage * log_prob) - entropy_weight * mean(entropy) - elite_weight * mean(log_prob(elites)),
+
+the last term being maximum likelihood of the `elite_size` best architectures told so far (one
+per key; priority queue training, Abolafia et al. 2018). log_prob and entropy are recomputed by
+teacher forcing at update time (so no autograd graph is ever kept, and a restored controller
+needs only weights), and the loss takes `update_steps` Adam steps per batch; optional global-norm
+gradient clipping. Candidates with a `cached_reward` (deduplicated) count as results like any
+other; `novelty_retries` redraws samples whose architecture is known, so few are wasted.
+
+The defaults (rank shaping, lr 0.02, 4 steps, elite 3, tanh 2.5, a non-autoregressive policy)
+were chosen on the surrogate benchmark (scripts/bench_controller.py; README, "Controllers").
 
 The controller is tiny and runs on CPU; all randomness comes from one seeded torch.Generator
 that first initialises the weights and then draws every candidate.
