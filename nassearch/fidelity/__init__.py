@@ -1,0 +1,1 @@
+"""Proxy fidelity: how noisy the search's reward is, and how well it ranks like longer training."""
