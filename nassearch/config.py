@@ -284,6 +284,16 @@ class ProxyConfig(Strict):
     # does so whenever the backbone is frozen (frozen_stages 4 with norm_eval); no augmentation.
     feature_cache: bool | Literal["auto"] = "auto"
     feature_cache_dtype: Literal["float16", "float32"] = "float16"
+    # Score every architecture this many times under seeds seed, seed+1, ...: the reward is the
+    # mean, the record keeps every score and their std (R times the cost, noise / sqrt(R)).
+    repeats: int = Field(1, ge=1)
+
+
+class ReevaluateConfig(Strict):
+    """`search.reevaluate_top`: the best k architectures, re-scored with `seeds` more seeds."""
+
+    k: int = Field(ge=1)
+    seeds: int = Field(ge=1)
 
 
 class SearchConfig(Strict):
@@ -308,6 +318,9 @@ class SearchConfig(Strict):
     # (head_architectures, default num_architectures).
     progressive: bool = False
     head_architectures: int | None = Field(None, ge=1)
+    # When the search ends, re-score its best `k` with `seeds` more seeds each before anything is
+    # ranked or exported, so that a lucky draw does not win (reevaluation.jsonl).
+    reevaluate_top: ReevaluateConfig | None = None
 
 
 class ExperimentConfig(Strict):

@@ -22,7 +22,6 @@ import copy
 import datetime
 import hashlib
 import json
-import math
 import os
 import textwrap
 from collections.abc import Callable
@@ -34,6 +33,13 @@ import yaml
 
 from nassearch.config import ExperimentConfig, load_config, validate_config
 from nassearch.errors import NasSearchError
+from nassearch.ranking import (
+    REEVALUATION_FILE,
+    RankedArchitecture,
+    is_successful,
+    rank_architectures,
+    read_reevaluations,
+)
 from nassearch.recipes import PAPER_RECIPES, RECIPE_CHOICES, Recipe
 from nassearch.records import RECORD_FILE, read_records
 from nassearch.search_spaces import Genotype, genotype_from_dict
@@ -53,6 +59,8 @@ class Experiment:
     config: ExperimentConfig
     config_sha256: str
     records: list[dict[str, Any]]
+    # Re-evaluation scores per genotype key (search.reevaluate_top), empty if none were run.
+    reevaluations: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -65,7 +73,8 @@ class Experiment:
 
 @dataclass(frozen=True)
 class ExportedArchitecture:
-    """One exported architecture: its rank, identity, proxy reward and the files written for it."""
+    """One exported architecture: its rank, identity, proxy reward (the mean over every score it
+    has) and the files written for it."""
 
     rank: int
     key: str
@@ -77,6 +86,7 @@ class ExportedArchitecture:
     retrain_path: Path
     image_path: Path
     record: dict[str, Any] = field(repr=False, compare=False)
+    reward_text: str = ""  # `mean ± std (n=…)` when it has several scores
 
 
 @dataclass
@@ -84,7 +94,7 @@ class _Planned:
     """An architecture about to be exported: everything computed, nothing written yet."""
 
     rank: int
-    record: dict[str, Any]
+    ranked: RankedArchitecture
     genotype: Genotype
     arch_text: str
     retrain_text: str
@@ -127,49 +137,13 @@ def load_experiment(path: str | Path) -> Experiment:
             f"{path / RECORD_FILE}: no readable architecture record (the file is empty, or "
             "every line is corrupt)"
         )
-    return Experiment(path, config, hashlib.sha256(config_bytes).hexdigest(), records)
+    reevaluations = read_reevaluations(path / REEVALUATION_FILE)
+    return Experiment(
+        path, config, hashlib.sha256(config_bytes).hexdigest(), records, reevaluations
+    )
 
 
 # ------------------------------------------------------------------------------------ ranking
-
-
-def _reward(record: dict[str, Any]) -> float | None:
-    value = record.get("reward")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def is_successful(record: dict[str, Any]) -> bool:
-    """Trained and scored: status ok and a finite reward (failures carry a stand-in reward)."""
-    return record.get("status") == "ok" and _reward(record) is not None
-
-
-def _params_or_inf(record: dict[str, Any]) -> float:
-    params = record.get("params")
-    return float(params) if isinstance(params, (int, float)) and params > 0 else math.inf
-
-
-def rank_records(
-    records: list[dict[str, Any]], *, include_baselines: bool = False
-) -> list[dict[str, Any]]:
-    """Successful records best first (reward, then fewer parameters, then file order), one per key."""
-    pool = [r for r in records if is_successful(r) and (include_baselines or not r.get("baseline"))]
-    ordered = sorted(
-        enumerate(pool), key=lambda item: (-_reward(item[1]), _params_or_inf(item[1]), item[0])
-    )
-    best: dict[str, dict[str, Any]] = {}
-    for _, record in ordered:
-        best.setdefault(_identity(record), record)
-    return list(best.values())
-
-
-def _identity(record: dict[str, Any]) -> str:
-    """The record's genotype key; a hand-written record without one is known by its genotype."""
-    key = record.get("key")
-    if isinstance(key, str) and key:
-        return key
-    return json.dumps(record.get("genotype"), sort_keys=True, default=str)
 
 
 def _no_architecture_error(exp: Experiment) -> NasSearchError:
@@ -368,9 +342,14 @@ def _number(value: Any) -> Any:
 
 
 def arch_document(
-    exp: Experiment, record: dict[str, Any], genotype: Genotype, rank: int
+    exp: Experiment, ranked: RankedArchitecture, genotype: Genotype, rank: int
 ) -> dict[str, Any]:
-    """What arch-k.yaml holds: the genotype (under `genotype`), proxy metrics and provenance."""
+    """What arch-k.yaml holds: the genotype (under `genotype`), proxy metrics and provenance.
+
+    `reward` is the recorded one; `reward_mean`/`reward_std`/`scores` cover every seed it was
+    scored with (proxy.repeats and search.reevaluate_top), which is what it was ranked by.
+    """
+    record = ranked.record
     return {
         "rank": rank,
         "space": genotype.space,
@@ -381,6 +360,10 @@ def arch_document(
             name: _number(record.get(name))
             for name in ("reward", "ap", "ap50", "val_loss", "params", "flops", "latency_ms")
         },
+        "reward_mean": ranked.mean,
+        "reward_std": ranked.std,
+        "scores": list(ranked.scores),
+        "reevaluated_scores": ranked.reevaluated,
         "provenance": {
             "experiment": str(exp.path.resolve()),
             "trial_id": record.get("trial_id"),
@@ -399,12 +382,13 @@ def arch_document(
 def _plan(
     exp: Experiment,
     rank: int,
-    record: dict[str, Any],
+    ranked: RankedArchitecture,
     out: Path,
     recipe: str,
     batch_size: int | None,
 ) -> _Planned:
     """Validate one record and render its two YAML files (nothing is written here)."""
+    record = ranked.record
     genotype = record_genotype(exp, record)
     try:
         cfg, notes = retrain_config(exp, genotype, rank, recipe=recipe, batch_size=batch_size)
@@ -432,9 +416,9 @@ def _plan(
     stacks = cfg.model.neck.stacks if genotype.space == "nasfpn" else 1
     return _Planned(
         rank,
-        record,
+        ranked,
         genotype,
-        _yaml(arch_document(exp, record, genotype, rank), arch_header),
+        _yaml(arch_document(exp, ranked, genotype, rank), arch_header),
         _yaml(retrain, retrain_header),
         stacks,
     )
@@ -463,13 +447,14 @@ def _write_planned(item: _Planned, out: Path) -> ExportedArchitecture:
         rank=k,
         key=item.genotype.key(),
         space=item.genotype.space,
-        reward=float(item.record["reward"]),
-        trial_id=item.record.get("trial_id"),
-        baseline=bool(item.record.get("baseline")),
+        reward=item.ranked.mean,
+        trial_id=item.ranked.record.get("trial_id"),
+        baseline=bool(item.ranked.record.get("baseline")),
         arch_path=arch,
         retrain_path=retrain,
         image_path=image,
-        record=item.record,
+        record=item.ranked.record,
+        reward_text=item.ranked.describe(),
     )
 
 
@@ -501,6 +486,14 @@ def leaderboard(
         f"failed) and {baselines} baseline(s).",
         f"Search space {exp.config.search.space}; metrics are the proxy task's (reward: "
         f"{exp.config.proxy.reward}); retrain configs use the {recipe} recipe.",
+        *(
+            [
+                f"Ranked by the mean over every seed; {len(exp.reevaluations)} architecture(s) "
+                f"were re-evaluated (reevaluation.jsonl) and rank ahead of the rest."
+            ]
+            if exp.reevaluations
+            else []
+        ),
         "",
         "| rank | key | reward | AP | AP50 | params | GMACs | latency (ms) | trial | files |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -520,7 +513,8 @@ def leaderboard(
             )
         )
         lines.append(
-            f"| {rank} | `{record.get('key')}` | {_fmt(record.get('reward'), '.4f')} "
+            f"| {rank} | `{record.get('key')}` | "
+            f"{item.reward_text if item is not None else _fmt(record.get('reward'), '.4f')} "
             f"| {_fmt(record.get('ap'), '.3f')} | {_fmt(record.get('ap50'), '.3f')} "
             f"| {_fmt(record.get('params'), ',')} | {_fmt(flops and flops / 1e9, '.2f')} "
             f"| {_fmt(record.get('latency_ms'), '.1f')} | {record.get('trial_id')} | {files} |"
@@ -555,7 +549,7 @@ def export_top(
         raise NasSearchError(f"--batch-size: must be an integer of at least 1, got {batch_size!r}")
     log = log or (lambda _line: None)
     exp = load_experiment(exp_dir if exp_dir is not None else latest_experiment(runs_dir))
-    ranked = rank_records(exp.records, include_baselines=include_baselines)
+    ranked = rank_architectures(exp.records, exp.reevaluations, include_baselines=include_baselines)
     if not ranked:
         raise _no_architecture_error(exp)
     if top > len(ranked):
@@ -568,12 +562,12 @@ def export_top(
     if out.exists() and not out.is_dir():
         raise NasSearchError(f"--out {out}: exists and is not a folder")
     planned = [
-        _plan(exp, rank, record, out, recipe, batch_size)
-        for rank, record in enumerate(chosen, start=1)
+        _plan(exp, rank, architecture, out, recipe, batch_size)
+        for rank, architecture in enumerate(chosen, start=1)
     ]
     reference = []
     if include_baselines:
-        chosen_ids = {id(r) for r in chosen}
+        chosen_ids = {id(a.record) for a in chosen}
         reference = [
             r
             for r in exp.records
@@ -585,7 +579,7 @@ def export_top(
         exported.append(_write_planned(item, out))
         log(
             f"#{item.rank} {item.genotype.space} {item.genotype.key()} reward "
-            f"{float(item.record['reward']):.4f} -> {out}/arch-{item.rank}.yaml, "
+            f"{item.ranked.describe()} -> {out}/arch-{item.rank}.yaml, "
             f"retrain-{item.rank}.yaml, arch-{item.rank}.png"
         )
     board = out / "leaderboard.md"

@@ -30,6 +30,8 @@ RESULT_FIELDS = (
     "flops",
     "latency_ms",
     "train_seconds",
+    "scores",
+    "reward_std",
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -32,14 +33,25 @@ from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.device import torch_threads
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
-from nassearch.proxy_eval.proxy_task import evaluate_candidate
+from nassearch.proxy_eval.proxy_task import evaluate_repeated
+from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
 from nassearch.proxy_eval.trial import proxy_trial
+from nassearch.ranking import (
+    REEVALUATION_FILE,
+    is_successful,
+    rank_architectures,
+    read_reevaluations,
+    record_reward,
+    record_scores,
+)
 from nassearch.records import RECORD_FILE, RESULT_FIELDS, RecordWriter, read_records
 from nassearch.search_spaces import get_space, named_genotypes
+from nassearch.signal_check import FIRST_REWARDS, no_signal_warning, pooled_seed_std
 
 CONFIG_FILE = "config.yaml"
 TUNE_DIR = "tune"
 FEATURE_CACHE_DIR = "feature_cache"
+WARNINGS_FILE = "warnings.jsonl"
 
 
 def experiment_dir(cfg: ExperimentConfig, storage: str | None = None) -> Path:
@@ -130,17 +142,13 @@ def first_stage(cfg: ExperimentConfig) -> Stage:
 
 def head_stage(cfg: ExperimentConfig, records: list[dict[str, Any]]) -> Stage:
     """Stage 2 of a progressive search: the head, on the best FPN stage 1 found (paper Sec. 3.3)."""
-    found = [
-        r
-        for r in records
-        if r.get("stage") == "fpn" and not r.get("baseline") and r.get("status") == "ok"
-    ]
+    found = rank_architectures(r for r in records if r.get("stage") == "fpn")
     if not found:
         raise NasSearchError(
             "search.progressive: stage 1 found no successful FPN, so there is no FPN to search a "
             "head for (see the statuses in architectures.jsonl)"
         )
-    best = max(found, key=lambda r: (r["reward"], -(r.get("params") or 0)))
+    best = found[0].record
     search = cfg.search
     options = {**search.space_options, "part": "head", "fpn": best["genotype"]["fpn"]}
     options.pop("num_cells", None)  # the fixed FPN brings its own cells
@@ -200,18 +208,44 @@ class RecordCallback(tune.Callback):
     trial that finishes again after a resume (it re-reports its record) is not written twice.
     """
 
-    def __init__(self, path: Path, total: int, quiet: bool, stage: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        total: int,
+        quiet: bool,
+        stage: str | None = None,
+        reward: str = "ap",
+    ) -> None:
         self.path, self.total, self.quiet, self.stage = Path(path), total, quiet, stage
+        self.reward = reward  # proxy.reward, for the no-signal warning's advice
         self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
+        self.scores: list[list[float]] = []  # their repeats' scores (proxy.repeats)
         self.recorded: set[str] = set()  # trial ids already in the file
 
     def setup(self, **info: Any) -> None:
-        self.rewards, self.recorded = [], set()
+        self.rewards, self.scores, self.recorded = [], [], set()
         if self.path.is_file():
             for record in read_records(self.path):
                 self.recorded.add(record.get("trial_id"))
                 if not record.get("baseline") and record.get("stage") == self.stage:
-                    self.rewards.append(_reward_or_nan(record))
+                    self._count(record)
+
+    def _count(self, record: dict[str, Any]) -> None:
+        self.rewards.append(_reward_or_nan(record))
+        if is_successful(record):
+            self.scores.append(record_scores(record))
+
+    def _check_signal(self) -> None:
+        """After the stage's first rewards, warn once if they carry no signal (warnings.jsonl)."""
+        if len(self.rewards) != min(FIRST_REWARDS, self.total):
+            return
+        first = [r for r in self.rewards if math.isfinite(r)]
+        message = no_signal_warning(first, pooled_seed_std(self.scores), reward=self.reward)
+        if message is None:
+            return
+        with RecordWriter(self.path.parent / WARNINGS_FILE) as writer:
+            writer.append({"stage": self.stage, "kind": "no_signal", "message": message})
+        print(f"warning: {message}", flush=True)
 
     def _write(self, trial, result: dict[str, Any]) -> None:
         if trial.trial_id in self.recorded:
@@ -221,9 +255,10 @@ class RecordCallback(tune.Callback):
         with RecordWriter(self.path) as writer:
             writer.append(record)
         self.recorded.add(trial.trial_id)
-        self.rewards.append(_reward_or_nan(record))
+        self._count(record)
         if not self.quiet:
             print(format_line(record, self.rewards, self.total), flush=True)
+        self._check_signal()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._write(trial, trial.last_result or {})
@@ -308,7 +343,7 @@ def run_search(
         # The driver trains baselines itself, with a trial's threads, so that their latency and
         # training time compare with the trials' (Ray gives each OMP_NUM_THREADS = its CPUs).
         with torch_threads(max(1, int(cfg.search.cpus_per_trial))):
-            result = evaluate_candidate(genotype, cfg, datasets=datasets).to_dict()
+            result = evaluate_repeated(genotype, cfg, datasets=datasets).to_dict()
         record = record_of(
             result,
             {"genotype": genotype.to_dict(), "genotype_key": genotype.key()},
@@ -331,8 +366,10 @@ def run_search(
             f"{stage.num_architectures} to evaluate"
         )
         make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume).fit()
+    if cfg.search.reevaluate_top is not None:
+        reevaluate_top(cfg, exp_dir, read_records(records), log=log)
     all_records = read_records(records)
-    log(format_top(all_records, exp_dir))
+    log(format_top(all_records, exp_dir, read_reevaluations(exp_dir / REEVALUATION_FILE)))
     for line in learning_lines(cfg, exp_dir):
         log(line)
     searched = sum(1 for r in all_records if not r.get("baseline"))
@@ -391,7 +428,13 @@ def make_tuner(
             name=stage.tune_dir,
             verbose=0,
             callbacks=[
-                RecordCallback(records, stage.num_architectures, quiet=quiet, stage=stage.name)
+                RecordCallback(
+                    records,
+                    stage.num_architectures,
+                    quiet=quiet,
+                    stage=stage.name,
+                    reward=cfg.proxy.reward,
+                )
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -415,27 +458,88 @@ def learning_lines(cfg: ExperimentConfig, exp_dir: Path) -> list[str]:
     return lines
 
 
-def format_top(records: list[dict[str, Any]], exp_dir: Path, k: int = 5) -> str:
-    """The k best architectures (one row per key) and every baseline, as a table."""
-    searched = [r for r in records if not r.get("baseline") and r["status"] == "ok"]
-    best: dict[str, dict[str, Any]] = {}
-    for r in sorted(searched, key=lambda r: -r["reward"]):
-        best.setdefault(r["key"], r)
-    rows = list(best.values())[:k] + [r for r in records if r.get("baseline")]
-    lines = [
-        f"{'':<10}{'key':<18}{'reward':>8}{'AP':>7}{'AP50':>7}{'params':>11}{'GMACs':>8}  status"
+def reevaluate_top(
+    cfg: ExperimentConfig, exp_dir: Path, records: list[dict[str, Any]], *, log=print
+) -> None:
+    """`search.reevaluate_top`: re-score the best k with more seeds (reevaluation.jsonl).
+
+    The seeds continue after the repeats' (cfg.seed + proxy.repeats, + 1, ...), so no score is
+    a copy of one already recorded. Resumable: scores already in the file are kept.
+    """
+    option = cfg.search.reevaluate_top
+    best = rank_architectures(records)[: option.k]
+    if not best:
+        return
+    seeds = [cfg.seed + cfg.proxy.repeats + j for j in range(option.seeds)]
+    jobs = [
+        ScoreJob(
+            job_id=f"{a.key}-seed{seed}",
+            key=a.key,
+            genotype=a.record["genotype"],
+            seed=seed,
+            config="proxy",
+            label=f"#{rank}",
+        )
+        for rank, a in enumerate(best, start=1)
+        for seed in seeds
     ]
-    for i, r in enumerate(rows, start=1):
-        name = r["trial_id"].removeprefix("baseline-") if r.get("baseline") else f"#{i}"
+    if log is not None:
+        log(
+            f"re-evaluating the best {len(best)} with {option.seeds} more seed(s) each: {len(jobs)} runs"
+        )
+    run_score_jobs(
+        jobs,
+        {"proxy": cfg},
+        exp_dir / REEVALUATION_FILE,
+        storage=exp_dir,
+        name=f"{TUNE_DIR}-reevaluate",
+        resources={"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
+        max_concurrent=cfg.search.max_concurrent,
+        log=log,
+    )
+
+
+def format_top(
+    records: list[dict[str, Any]],
+    exp_dir: Path,
+    reevaluations: dict[str, list[float]] | None = None,
+    k: int = 5,
+) -> str:
+    """The k best architectures (one row per key, see `ranking`) and every baseline, as a table.
+
+    With several scores (repeats, re-evaluation) the reward column is `mean ± std (n=…)`.
+    """
+    ranked = rank_architectures(records, reevaluations)
+    rows = [(f"#{i}", a.record, a.describe()) for i, a in enumerate(ranked[:k], start=1)]
+    for r in records:
+        if r.get("baseline"):
+            reward = record_reward(r)
+            rows.append(
+                (
+                    r["trial_id"].removeprefix("baseline-"),
+                    r,
+                    f"{reward:.4f}" if reward is not None else "nan",
+                )
+            )
+    width = max([8] + [len(text) for _, _, text in rows])
+    lines = [
+        f"{'':<10}{'key':<18}{'reward':>{width}}{'AP':>7}{'AP50':>7}{'params':>11}{'GMACs':>8}"
+        "  status"
+    ]
+    for name, r, reward_text in rows:
         ap = r.get("ap") if r.get("ap") is not None else float("nan")
         ap50 = r.get("ap50") if r.get("ap50") is not None else float("nan")
         lines.append(
-            f"{name:<10}{r['key']:<18}{(r['reward'] if r['reward'] is not None else float('nan')):>8.4f}"
-            f"{ap:>7.3f}{ap50:>7.3f}{(r.get('params') or 0):>11,}{(r.get('flops') or 0) / 1e9:>8.2f}  {r['status']}"
+            f"{name:<10}{r['key']:<18}{reward_text:>{width}}{ap:>7.3f}{ap50:>7.3f}"
+            f"{(r.get('params') or 0):>11,}{(r.get('flops') or 0) / 1e9:>8.2f}  {r['status']}"
         )
-    failed = sum(1 for r in records if r["status"] != "ok")
+    searched = [r for r in records if not r.get("baseline") and is_successful(r)]
+    failed = sum(1 for r in records if not is_successful(r))
+    reevaluated = (
+        f"; best {sum(1 for a in ranked if a.reevaluated)} re-evaluated" if reevaluations else ""
+    )
     lines.append(
-        f"{len(searched)} searched architectures evaluated ({len(best)} unique), {failed} failed; "
-        f"records in {exp_dir / RECORD_FILE}, TensorBoard in {exp_dir}"
+        f"{len(searched)} searched architectures evaluated ({len(ranked)} unique), {failed} failed"
+        f"{reevaluated}; records in {exp_dir / RECORD_FILE}, TensorBoard in {exp_dir}"
     )
     return "\n".join(lines)

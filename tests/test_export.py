@@ -23,9 +23,9 @@ from nassearch.errors import NasSearchError
 from nassearch.export import (
     export_top,
     load_experiment,
-    rank_records,
     retrain_config,
 )
+from nassearch.ranking import rank_architectures
 from nassearch.records import RecordWriter
 from nassearch.search_spaces import get_space, named_genotypes, resolve_genotype
 from nassearch.show import load_genotype
@@ -111,20 +111,58 @@ def ranked_records():
         record(a, 0.5, "t1", params=300),
         record(b, 0.5, "t2", params=200),  # ties with a: fewer parameters first
         record(c, 0.9, "t3", status="error"),  # failed: excluded whatever its reward
-        record(a, 0.6, "t4", params=300),  # a again: the better record counts
+        record(a, 0.6, "t4", params=300),  # a again: pooled, shown by its better record
         record(d, None, "t5", status="nan"),
         record(d, 0.1, "t6"),
     ]
 
 
+def trial_ids(ranked):
+    return [a.record["trial_id"] for a in ranked]
+
+
 def test_ranking_ties_duplicates_failures_and_baselines(ranked_records):
-    ranked = rank_records(ranked_records)
-    assert [r["trial_id"] for r in ranked] == ["t4", "t2", "t6"]
-    with_baselines = rank_records(ranked_records, include_baselines=True)
-    assert [r["trial_id"] for r in with_baselines] == ["baseline-FPN", "t4", "t2", "t6"]
+    ranked = rank_architectures(ranked_records)
+    # a's two records pool into one architecture (mean 0.55) shown by its better record, t4.
+    assert trial_ids(ranked) == ["t4", "t2", "t6"]
+    assert ranked[0].scores == (0.5, 0.6) and ranked[0].mean == pytest.approx(0.55)
+    with_baselines = rank_architectures(ranked_records, include_baselines=True)
+    assert trial_ids(with_baselines) == ["baseline-FPN", "t4", "t2", "t6"]
     # Hand-written records without a key are told apart (and merged) by their genotypes.
     keyless = [{k: v for k, v in r.items() if k != "key"} for r in ranked_records]
-    assert [r["trial_id"] for r in rank_records(keyless)] == ["t4", "t2", "t6"]
+    assert trial_ids(rank_architectures(keyless)) == ["t4", "t2", "t6"]
+
+
+def test_reevaluation_ranks_a_lucky_draw_below_a_steady_architecture(tmp_path):
+    """A single lucky score wins a plain ranking; re-scored with 3 more seeds it falls back."""
+    lucky, steady, third = samples()[:3]
+    records = [record(lucky, 0.9, "t1"), record(steady, 0.7, "t2"), record(third, 0.2, "t3")]
+    assert trial_ids(rank_architectures(records)) == ["t1", "t2", "t3"]
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    save_config(validate_config({"name": "exp"}), exp / "config.yaml")
+    with RecordWriter(exp / "architectures.jsonl") as writer:
+        for r in records:
+            writer.append(r)
+    with RecordWriter(exp / "reevaluation.jsonl") as writer:
+        for genotype, scores in ((lucky, [0.3, 0.35, 0.25]), (steady, [0.68, 0.72, 0.7])):
+            for seed, score in enumerate(scores, start=1):
+                writer.append(
+                    {"key": genotype.key(), "seed": seed, "reward": score, "status": "ok"}
+                )
+        writer.append({"key": steady.key(), "seed": 9, "reward": -5.0, "status": "error"})
+    loaded = load_experiment(exp)
+    ranked = rank_architectures(loaded.records, loaded.reevaluations)
+    assert trial_ids(ranked) == ["t2", "t1", "t3"]  # a failed re-score is not a score
+    assert ranked[0].mean == pytest.approx(0.7) and ranked[1].mean == pytest.approx(0.45)
+    assert ranked[0].describe() == f"0.7000 ± {ranked[0].std:.4f} (n=4)"
+    exported = export_top(exp, 2, log=None)
+    assert [e.trial_id for e in exported] == ["t2", "t1"]
+    arch = yaml.safe_load(exported[0].arch_path.read_text())
+    assert arch["scores"] == [0.7, 0.68, 0.72, 0.7] and arch["reevaluated_scores"] == 3
+    assert arch["reward_mean"] == pytest.approx(0.7)
+    board = (exp / "export" / "leaderboard.md").read_text()
+    assert "0.7000 ± 0.0163 (n=4)" in board and "re-evaluated" in board
 
 
 def test_export_writes_loadable_files(tmp_path, ranked_records):
@@ -188,7 +226,8 @@ def test_export_writes_loadable_files(tmp_path, ranked_records):
         in board
     )
     assert "baseline" not in board.split("|---|")[-1]  # no baseline rows unless asked
-    assert "2.50" in board and "0.6000" in board  # GMACs, reward
+    # GMACs, and the reward of the architecture scored twice (0.5 and 0.6)
+    assert "2.50" in board and "0.5500 ± 0.0707 (n=2)" in board
     assert not any("only" in line for line in lines)
     assert not list(out.glob(".*"))  # no temporary files left
 

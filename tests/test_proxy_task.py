@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -155,3 +156,54 @@ def test_apply_cost_penalises_costlier_architectures_for_both_signs():
     assert apply_cost(0.4, cost, 20.0) < 0.4 < apply_cost(0.4, cost, 5.0)
     assert apply_cost(-2.0, cost, 20.0) < -2.0 < apply_cost(-2.0, cost, 5.0)
     assert apply_cost(0.4, None, 20.0) == 0.4
+
+
+def test_repeats_score_under_different_seeds_and_keep_every_score(cache_dir):
+    from nassearch.proxy_eval.proxy_task import evaluate_repeated
+
+    cfg = make_cfg(cache_dir, reward="neg_loss", repeats=3)
+    result = evaluate_repeated(FPN, cfg)
+    assert result.status == "ok"
+    assert len(result.scores) == 3 and len(set(result.scores)) == 3  # three seeds, three scores
+    assert result.reward == pytest.approx(sum(result.scores) / 3)
+    assert result.reward_std == pytest.approx(statistics.stdev(result.scores))
+    # Repeat r is the single evaluation under seed cfg.seed + r.
+    second = evaluate_candidate(FPN, cfg, seed=cfg.seed + 1)
+    assert second.reward == pytest.approx(result.scores[1], abs=1e-6)
+    # A resumed trial passes the repeats it had scored; only the rest are trained.
+    calls = []
+    resumed = evaluate_repeated(
+        FPN,
+        cfg,
+        done=[second.__class__(**{**second.to_dict(), "reward": 7.0})],
+        on_repeat_end=lambda done: calls.append(len(done)),
+    )
+    assert calls == [2, 3] and resumed.scores[0] == 7.0
+    assert resumed.scores[1:] == pytest.approx(result.scores[1:], abs=1e-6)
+
+
+def test_a_failed_repeat_fails_the_evaluation(cache_dir, monkeypatch):
+    from nassearch.proxy_eval.proxy_task import evaluate_repeated
+
+    cfg = make_cfg(cache_dir, repeats=3)
+    seeds = []
+    real = proxy_task.evaluate_candidate
+
+    def evaluate(genotype, cfg, **kwargs):
+        seeds.append(kwargs["seed"])
+        if kwargs["seed"] == cfg.seed + 1:
+            raise_on = proxy_task.ProxyResult(reward=FAILURE, status="nan", message="loss is nan")
+            return raise_on
+        return real(genotype, cfg, **kwargs)
+
+    monkeypatch.setattr(proxy_task, "evaluate_candidate", evaluate)
+    result = evaluate_repeated(FPN, cfg)
+    assert seeds == [0, 1]  # stops at the failed repeat
+    assert result.status == "nan" and result.reward == FAILURE and result.scores == []
+
+
+def test_repeats_must_be_positive(cache_dir):
+    from nassearch.errors import NasSearchError
+
+    with pytest.raises(NasSearchError, match=r"proxy\.repeats: .*greater than or equal to 1"):
+        make_cfg(cache_dir, repeats=0)

@@ -15,13 +15,13 @@ def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys, m
 
     from nassearch import search
 
-    threads, real = [], search.evaluate_candidate
+    threads, real = [], search.evaluate_repeated
 
     def evaluate(*args, **kwargs):
         threads.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "evaluate_candidate", evaluate)
+    monkeypatch.setattr(search, "evaluate_repeated", evaluate)
     before = torch.get_num_threads()
     assert main(["run", write(tmp_path, search_config(tmp_path))]) == 0
     # The driver trains the baseline on a trial's threads (cpus_per_trial 1), then restores its own.

@@ -11,10 +11,11 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,8 @@ class ProxyResult:
     """What a proxy evaluation reports; `reward` is what the controller is told.
 
     `status` is one of ok, nan, error, oom, timeout; anything but ok carries the failure reward.
+    With `proxy.repeats` R > 1 the reward is the mean of R scores under different seeds: `scores`
+    holds every one, `reward_std` their sample std (0 for a single score).
     """
 
     reward: float
@@ -48,6 +51,8 @@ class ProxyResult:
     latency_ms: float = float("nan")
     train_seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)
+    reward_std: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,8 +119,13 @@ def evaluate_candidate(
     work_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     resume: bool = False,
+    seed: int | None = None,
 ) -> ProxyResult:
     """Proxy-train and score one architecture; never raises (failures become statuses).
+
+    `seed` (default `cfg.seed`) seeds the detector's initialisation and the trainer (batch order);
+    the data, its augmentation draws and a frozen backbone's cached features stay those of
+    `cfg.seed`, so two seeds differ only in what the training itself draws.
 
     With `work_dir`, the trainer keeps `work_dir/checkpoints/last.pth` after every epoch and
     `resume=True` continues from it (an interrupted trial picks up where it stopped).
@@ -123,13 +133,14 @@ def evaluate_candidate(
     neck and head run, while parameters, MACs and latency still count the whole detector.
     """
     proxy = cfg.proxy
+    seed = cfg.seed if seed is None else seed
     result = ProxyResult(reward=proxy.failure_reward, genotype_key=genotype.key())
     started = time.perf_counter()
     try:
         device = resolve_device(cfg.device)
         train_set, reward_set = datasets or proxy_datasets(cfg)
         model = build_detector(
-            candidate_config(genotype, cfg).model, len(train_set.cat_ids), seed=cfg.seed
+            candidate_config(genotype, cfg).model, len(train_set.cat_ids), seed=seed
         )
         size = cfg.input.network_size()
         result.params = count_parameters(model)["total"]
@@ -148,7 +159,7 @@ def evaluate_candidate(
             train_set,
             cfg.train,
             device=device,
-            seed=cfg.seed,
+            seed=seed,
             work_dir=work_dir,
             size_divisor=cfg.input.size_divisor,
             on_epoch_end=on_epoch_end,
@@ -179,6 +190,7 @@ def evaluate_candidate(
             raw = result.ap if proxy.reward == "ap" else result.ap50
         value = cost_value(proxy.cost, result) if proxy.cost is not None else 0.0
         result.reward = apply_cost(raw, proxy.cost, value)
+        result.scores = [result.reward]
         result.message = f"trained {trained.iterations} iterations in {trained.seconds:.1f} s"
         return result
     except torch.cuda.OutOfMemoryError as exc:
@@ -193,6 +205,80 @@ def evaluate_candidate(
         if not result.train_seconds:
             result.train_seconds = time.perf_counter() - started
     return result
+
+
+def repeat_seed(cfg: ExperimentConfig, repeat: int) -> int:
+    """The seed of an architecture's `repeat`-th score (0-based): cfg.seed, cfg.seed + 1, ..."""
+    return cfg.seed + repeat
+
+
+def combine_repeats(results: list[ProxyResult]) -> ProxyResult:
+    """One result from R scores of one architecture: the mean reward (and AP, loss), every score,
+    their std and the summed training time. One failed repeat makes the whole evaluation fail,
+    as a failed single evaluation would."""
+    failed = next((r for r in results if r.status != "ok"), None)
+    first = results[0]
+    if len(results) == 1 or failed is not None:
+        out = replace(failed or first)
+        out.train_seconds = sum(r.train_seconds for r in results)
+        if failed is not None:
+            out.scores = []
+        return out
+    scores = [r.reward for r in results]
+    out = replace(
+        first,
+        reward=float(np.mean(scores)),
+        scores=scores,
+        reward_std=float(np.std(scores, ddof=1)),
+        ap=float(np.mean([r.ap for r in results])),
+        ap50=float(np.mean([r.ap50 for r in results])),
+        val_loss=float(np.mean([r.val_loss for r in results])),
+        train_seconds=sum(r.train_seconds for r in results),
+        metrics={
+            k: float(np.mean([r.metrics.get(k, math.nan) for r in results])) for k in first.metrics
+        },
+        message=f"mean of {len(results)} seeds; " + first.message,
+    )
+    return out
+
+
+def evaluate_repeated(
+    genotype: Genotype,
+    cfg: ExperimentConfig,
+    *,
+    datasets: tuple[Any, Any] | None = None,
+    work_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    resume: bool = False,
+    done: list[ProxyResult] | None = None,
+    on_repeat_end: Callable[[list[ProxyResult]], None] | None = None,
+) -> ProxyResult:
+    """`proxy.repeats` evaluations of one architecture under seeds `repeat_seed(cfg, r)`, combined.
+
+    `done` holds repeats already scored (a resumed trial); `resume` then continues the next
+    repeat from `work_dir`'s checkpoint. `on_repeat_end(done)` is called after each repeat, so a
+    trial can checkpoint the finished scores. Stops at the first failed repeat.
+    """
+    done = list(done or [])
+    datasets = datasets or proxy_datasets(cfg)
+    while len(done) < cfg.proxy.repeats:
+        repeat = len(done)
+        result = evaluate_candidate(
+            genotype,
+            cfg,
+            datasets=datasets,
+            work_dir=None if work_dir is None else Path(work_dir) / f"repeat-{repeat}",
+            on_epoch_end=on_epoch_end,
+            resume=resume,
+            seed=repeat_seed(cfg, repeat),
+        )
+        resume = False
+        done.append(result)
+        if on_repeat_end is not None:
+            on_repeat_end(done)
+        if result.status != "ok":
+            break
+    return combine_repeats(done)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,11 +8,13 @@ final `ProxyResult` with the reward.
 
 Resuming (`nassearch run --resume` restores the Tuner): a trial the driver already recorded in
 `architectures.jsonl` re-reports that record without training, and an unfinished trial continues
-from its last epoch checkpoint, so no finished architecture is trained twice.
+from its last epoch checkpoint, so no finished architecture is trained twice. With
+`proxy.repeats` > 1 the checkpoint also holds the repeats already scored (`repeats.json`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -25,11 +27,12 @@ import torch
 
 from nassearch.config import validate_config
 from nassearch.proxy_eval.proxy_data import proxy_data
-from nassearch.proxy_eval.proxy_task import evaluate_candidate
+from nassearch.proxy_eval.proxy_task import ProxyResult, evaluate_repeated
 from nassearch.records import RESULT_FIELDS, read_records
 from nassearch.search_spaces import genotype_from_dict
 
 CHECKPOINT_FILE = "last.pth"
+REPEATS_FILE = "repeats.json"
 
 
 def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> dict[str, Any] | None:
@@ -84,46 +87,67 @@ def proxy_trial(
     datasets = proxy_data(cfg, feature_cache, progress=False)
 
     with tempfile.TemporaryDirectory(prefix="nassearch-trial-") as work_dir:
-        last = Path(work_dir) / "checkpoints" / CHECKPOINT_FILE
-        resume = _restore_checkpoint(tune.get_checkpoint(), last)
+        done, resume = _restore_checkpoint(tune.get_checkpoint(), Path(work_dir))
 
         def on_epoch_end(epoch: int, info: dict[str, Any]) -> None:
             metrics = {
                 "reward": math.nan,
                 "final": False,
+                "repeat": len(done),
                 "epoch": epoch,
                 "iteration": info["iteration"],
                 "lr": info["lr"],
                 **{k: v for k, v in info.items() if k.startswith("loss")},
             }
+            last = _last_path(Path(work_dir), len(done))
             if not (checkpoints and last.is_file()):
                 tune.report(metrics)
                 return
             with tempfile.TemporaryDirectory(prefix="nassearch-ckpt-") as out:
                 shutil.copy2(last, Path(out) / CHECKPOINT_FILE)
+                _write_repeats(Path(out), done)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out))
 
-        result = evaluate_candidate(
+        def on_repeat_end(finished: list[ProxyResult]) -> None:
+            done[:] = finished
+
+        result = evaluate_repeated(
             genotype,
             cfg,
             datasets=datasets,
             work_dir=work_dir if checkpoints else None,
             on_epoch_end=on_epoch_end,
             resume=resume,
+            done=done,
+            on_repeat_end=on_repeat_end,
         )
     report = result.to_dict()
     metrics = report.pop("metrics")
     tune.report({**report, **{f"coco/{k}": v for k, v in metrics.items()}, "final": True})
 
 
-def _restore_checkpoint(checkpoint: Any, last: Path) -> bool:
-    """Copy the trainer state of a restored trial into place; True if there is one to resume."""
+def _last_path(work_dir: Path, repeat: int) -> Path:
+    # evaluate_repeated gives repeat r the work folder work_dir/repeat-r.
+    return work_dir / f"repeat-{repeat}" / "checkpoints" / CHECKPOINT_FILE
+
+
+def _write_repeats(folder: Path, done: list[ProxyResult]) -> None:
+    (folder / REPEATS_FILE).write_text(json.dumps([r.to_dict() for r in done]))
+
+
+def _restore_checkpoint(checkpoint: Any, work_dir: Path) -> tuple[list[ProxyResult], bool]:
+    """The repeats a restored trial had scored, and whether its next one resumes mid-training."""
     if checkpoint is None:
-        return False
+        return [], False
     with checkpoint.as_directory() as folder:
+        repeats = Path(folder) / REPEATS_FILE
+        done = (
+            [ProxyResult(**r) for r in json.loads(repeats.read_text())] if repeats.is_file() else []
+        )
         source = Path(folder) / CHECKPOINT_FILE
         if not source.is_file():
-            return False
+            return done, False
+        last = _last_path(work_dir, len(done))
         last.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, last)
-    return True
+    return done, True
