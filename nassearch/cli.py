@@ -92,6 +92,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-dir", default="runs", help="where to look for the latest experiment (default: runs)"
     )
 
+    p = sub.add_parser(
+        "fidelity",
+        help="measure a search's reward: seed noise (ICC) and rank agreement with longer training",
+    )
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="a finished (or stopped) search")
+    p.add_argument("--top", type=int, default=5, metavar="N", help="the search's N best (5)")
+    p.add_argument(
+        "--random", type=int, default=5, metavar="M", help="and M random others from the record (5)"
+    )
+    p.add_argument(
+        "--seeds", type=int, default=3, metavar="K", help="more proxy seeds per architecture (3)"
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="CONFIG_OR_RECIPE",
+        help="reference training: `longer` (4x epochs, 1.5x input; default) or a config file",
+    )
+    p.add_argument(
+        "--reference-metric",
+        default="ap",
+        help="what the reference reports: ap (default), ap50 or reward (the proxy's reward)",
+    )
+    p.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/fidelity)")
+    p.add_argument("--address", help="join an existing Ray cluster")
+
+    p = sub.add_parser(
+        "report", help="draw a search as a slide: rewards, controller, cost/Pareto, top-3 pictures"
+    )
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="an experiment folder")
+    p.add_argument("--out", help="output folder (default: EXPERIMENT_DIR)")
+    p.add_argument(
+        "--cost",
+        choices=("macs", "params", "latency_ms"),
+        default="macs",
+        help="the cost axis of the Pareto panel (default: macs)",
+    )
+
     p = sub.add_parser("train", help="train a fixed architecture and report its COCO AP")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -185,6 +223,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nassearch.export import cmd_export as export
 
     return export(args)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from nassearch.fidelity.study import run_fidelity
+
+    run_fidelity(
+        args.experiment,
+        top=args.top,
+        random=args.random,
+        seeds=args.seeds,
+        reference=args.reference,
+        reference_metric=args.reference_metric,
+        out=args.out,
+        address=args.address,
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nassearch.report import write_report
+
+    png, md = write_report(args.experiment, out=args.out, cost=args.cost)
+    print(f"report: {png} and {md}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -297,6 +359,8 @@ def coco_overrides(root: Path) -> list[str]:
 COMMANDS = {
     "run": cmd_run,
     "export": cmd_export,
+    "fidelity": cmd_fidelity,
+    "report": cmd_report,
     "train": cmd_train,
     "eval": cmd_eval,
     "export-onnx": cmd_export_onnx,

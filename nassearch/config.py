@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
+from nassearch.atomic import atomic_write_text
 from nassearch.errors import NasSearchError
 
 
@@ -450,9 +451,7 @@ def save_config(cfg: BaseModel, path: str | Path) -> None:
     """Write the resolved config as YAML next to a run's outputs (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
 
 
 def first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:

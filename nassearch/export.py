@@ -22,7 +22,6 @@ import copy
 import datetime
 import hashlib
 import json
-import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from nassearch.atomic import atomic_write
 from nassearch.config import ExperimentConfig, load_config, validate_config
 from nassearch.errors import NasSearchError
 from nassearch.ranking import (
@@ -424,25 +424,15 @@ def _plan(
     )
 
 
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary file in the same folder, so `path` is either old or complete."""
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_planned(item: _Planned, out: Path) -> ExportedArchitecture:
     from nassearch.show import draw
 
     k = item.rank
     arch, retrain, image = out / f"arch-{k}.yaml", out / f"retrain-{k}.yaml", out / f"arch-{k}.png"
-    _atomic(arch, lambda p: p.write_text(item.arch_text))
-    _atomic(retrain, lambda p: p.write_text(item.retrain_text))
+    atomic_write(arch, lambda p: p.write_text(item.arch_text))
+    atomic_write(retrain, lambda p: p.write_text(item.retrain_text))
     title = f"#{k} {item.genotype.key()}"
-    _atomic(image, lambda p: draw(item.genotype, p, title=title, stacks=item.stacks))
+    atomic_write(image, lambda p: draw(item.genotype, p, title=title, stacks=item.stacks))
     return ExportedArchitecture(
         rank=k,
         key=item.genotype.key(),
@@ -584,7 +574,7 @@ def export_top(
         )
     board = out / "leaderboard.md"
     text = leaderboard(exp, exported, reference, recipe=recipe)
-    _atomic(board, lambda p: p.write_text(text))
+    atomic_write(board, lambda p: p.write_text(text))
     log(f"leaderboard: {board}; train one with `nassearch train {exported[0].retrain_path}`")
     return exported
 

@@ -35,14 +35,14 @@ RESULT_FIELDS = (
 )
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null so every line parses with any JSON reader."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -56,7 +56,7 @@ class RecordWriter:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(_plain(record), sort_keys=True, allow_nan=False)
+        line = json.dumps(json_safe(record), sort_keys=True, allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())

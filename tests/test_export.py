@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import recorded
 import yaml
 from PIL import Image
+from recorded import record
 from search_configs import train_config
 
 from nassearch.cli import main
@@ -38,6 +40,10 @@ NASFCOS = named_genotypes("nasfcos")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def make_experiment(tmp_path: Path, records: list[dict], cfg: dict | None = None) -> Path:
+    return recorded.make_experiment(tmp_path, records, cfg or search_config(tmp_path))
+
+
 def search_config(tmp_path: Path, name: str = "exp", **search) -> dict:
     """A tiny synthetic-data search config, as `nassearch run` would save it."""
     return {
@@ -54,41 +60,6 @@ def search_config(tmp_path: Path, name: str = "exp", **search) -> dict:
         ),
         "search": {"space": "nasfpn", "baselines": ["FPN"], **search},
     }
-
-
-def record(genotype, reward, trial_id, *, params=1000, status="ok", baseline=False, **extra):
-    """One architectures.jsonl record with the fields `search.record_of` writes."""
-    return {
-        "reward": reward,
-        "status": status,
-        "message": "" if status == "ok" else "boom",
-        "ap": reward,
-        "ap50": None if reward is None else reward + 0.2,
-        "val_loss": 1.5,
-        "params": params,
-        "flops": 2_500_000_000,
-        "latency_ms": 12.5,
-        "train_seconds": 30.0,
-        "genotype": genotype.to_dict(),
-        "key": genotype.key(),
-        "controller_step": None if baseline else 1,
-        "candidate_id": None if baseline else int(trial_id.removeprefix("t") or 0),
-        "metrics": {},
-        "time": "2026-01-01T00:00:00+00:00",
-        "trial_id": trial_id,
-        "baseline": baseline,
-        **extra,
-    }
-
-
-def make_experiment(tmp_path: Path, records: list[dict], cfg: dict | None = None) -> Path:
-    cfg = cfg or search_config(tmp_path)
-    exp = tmp_path / "runs" / cfg["name"]
-    save_config(validate_config(cfg), exp / "config.yaml")
-    with RecordWriter(exp / "architectures.jsonl") as writer:
-        for r in records:
-            writer.append(r)
-    return exp
 
 
 def samples(space: str = "nasfpn", n: int = 4, **options) -> list:
