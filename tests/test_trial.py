@@ -45,3 +45,30 @@ def test_trials_report_epochs_and_scored_architectures(ray_session, tmp_path):
     assert len(keys) == 2
     # The driver-side controller was told both rewards.
     assert controller.unique_architectures == 2 and searcher.num_completed == 2
+
+
+def test_a_restored_checkpoint_brings_back_the_finished_repeats(tmp_path):
+    from nassearch.proxy_eval.proxy_task import ProxyResult
+    from nassearch.proxy_eval.trial import CHECKPOINT_FILE, _restore_checkpoint, _write_repeats
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / CHECKPOINT_FILE).write_bytes(b"trainer state of repeat 1")
+    first = ProxyResult(
+        reward=-2.5,
+        scores=[-2.5],
+        genotype_key="abc",
+        ap=0.1,
+        ap50=0.2,
+        val_loss=2.5,
+        latency_ms=3.0,
+    )
+    _write_repeats(saved, [first])
+    work = tmp_path / "work"
+    done, resume = _restore_checkpoint(tune.Checkpoint.from_directory(str(saved)), work)
+    assert done == [first] and resume
+    # The trainer state belongs to the next repeat, the one evaluate_repeated runs in repeat-1/.
+    assert (work / "repeat-1" / "checkpoints" / CHECKPOINT_FILE).read_bytes() == (
+        b"trainer state of repeat 1"
+    )
+    assert _restore_checkpoint(None, work) == ([], False)
