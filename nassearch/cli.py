@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         default=None,
         metavar="CONFIG_OR_RECIPE",
-        help="reference training: `longer` (4x epochs, 1.5x input; default) or a config file",
+        help="reference training: `longer` (3x epochs, 1.25x input; default) or a config file",
     )
     p.add_argument(
         "--reference-metric",

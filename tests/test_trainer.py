@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -412,6 +413,10 @@ def test_metrics_log_and_tensorboard_truncated_on_resume(tmp_path):
     # Epoch 3 was the last one, so its checkpoint exists; simulate a crash before it by rolling back.
     ckpt_dir = tmp_path / "checkpoints"
     (ckpt_dir / "last.pth").write_bytes((ckpt_dir / "epoch_2.pth").read_bytes())
+    # TensorBoard reads event files in name order, `…tfevents.<second>.<host>.<pid>.<n>`, where n
+    # counts the writers of the process: within one second writer 10 sorts before writer 9, and
+    # the purge would then come first. A real resume starts seconds later, in a new process.
+    time.sleep(1.1)
     make_trainer(tmp_path, cfg, evaluator=lambda m, e: {"AP": float(e)}).fit(resume=True)
     epochs = [line.split(",")[0] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == ['{"epoch": 1', '{"epoch": 2', '{"epoch": 3']

@@ -7,7 +7,7 @@ Two studies on one experiment folder, run as one resumable Ray Tune job (`rescor
   within-architecture std against the between-architecture std, and the smallest significant
   difference (`stats.seed_noise`).
 - Rank fidelity: the same architectures are trained once under a reference recipe (default:
-  the search config with 4x the epochs and 1.5x the input side; or any experiment config). Kendall
+  the search config with 3x the epochs and 1.25x the input side; or any experiment config). Kendall
   tau and Spearman rho between proxy reward and reference metric, with bootstrap 95% intervals,
   and the top-k overlap (`stats.rank_fidelity`).
 
@@ -90,17 +90,18 @@ class FidelityResult:
 
 
 def longer_reference(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The default reference recipe: 4x the proxy's epochs (and iteration cap), 1.5x its input side
-    (rounded up to the size divisor), no time limit, one score per architecture."""
+    """The default reference recipe: 3x the proxy's epochs (and iteration cap), 1.25x its input
+    side (rounded up to the size divisor), no time limit, one score per architecture; about 4.7x
+    the proxy's cost, so a study of 10 architectures costs about 50 proxy evaluations."""
     d = cfg.input.size_divisor
 
     def larger(side: int) -> int:
-        return -(-int(round(side * 1.5)) // d) * d
+        return -(-int(round(side * 1.25)) // d) * d
 
     train = cfg.train.model_copy(
         update={
-            "epochs": cfg.train.epochs * 4,
-            "max_iters": None if cfg.train.max_iters is None else cfg.train.max_iters * 4,
+            "epochs": cfg.train.epochs * 3,
+            "max_iters": None if cfg.train.max_iters is None else cfg.train.max_iters * 3,
         }
     )
     inp = cfg.input.model_copy(

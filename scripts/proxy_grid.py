@@ -1,0 +1,181 @@
+"""Which proxy ranks architectures best per CPU-second? A grid of proxy settings, measured.
+
+The same architectures (FPN plus seeded samples of the search space) are scored under every
+setting of the grid with several seeds each, and once under a reference recipe (the base
+config's `longer` reference of `nassearch fidelity`, scored by AP or by --reference-metric).
+Per setting: the seconds of training per architecture, the ICC of its seed noise and Kendall's
+tau (bootstrap 95% interval) between its seed-mean reward and the reference. All runs go through
+`run_score_jobs` as one Ray Tune job per setting and are kept in OUT/scores-*.jsonl, so an
+interrupted grid resumes. Prints a markdown table, writes OUT/proxy_grid.json and
+OUT/proxy_grid.png (tau against seconds per architecture).
+
+    python scripts/proxy_grid.py experiments/quickstart.yaml --archs 8 --seeds 2 --out runs/grid \
+        --setting "ap: " --setting "neg_loss: proxy.reward=neg_loss" \
+        --setting "neg_loss, 3 epochs: proxy.reward=neg_loss train.epochs=3"
+
+A setting is `LABEL: KEY=VALUE KEY=VALUE ...` (the `--set` overrides of that setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from nassearch.config import load_config
+from nassearch.fidelity.stats import bootstrap_interval, kendall_tau, seed_noise
+from nassearch.fidelity.study import longer_reference, reference_value
+from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
+from nassearch.search_spaces import get_space, named_genotypes
+
+
+def parse_setting(text: str) -> tuple[str, list[str]]:
+    label, _, overrides = text.partition(":")
+    return label.strip(), overrides.split()
+
+
+def architectures(cfg, n: int, seed: int):
+    space = get_space(cfg.search.space, **cfg.search.space_options)
+    """The search's first baseline, then distinct seeded samples of its space: `n` in all."""
+    found = {}
+    if cfg.search.baselines:
+        baseline = named_genotypes(cfg.search.space)[cfg.search.baselines[0]]
+        found[baseline.key()] = baseline
+    rng = np.random.default_rng(seed)
+    while len(found) < n:
+        g = space.sample(rng)
+        found.setdefault(g.key(), g)
+    return list(found.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--setting", action="append", required=True)
+    parser.add_argument("--archs", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--reference-metric", default="ap", choices=("ap", "ap50", "reward"))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(args.config)
+    genotypes = architectures(base, args.archs, base.seed)
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    resources = {"cpu": base.search.cpus_per_trial, "gpu": base.search.gpus_per_trial}
+
+    def score(name: str, cfg, seeds: list[int]):
+        jobs = [
+            ScoreJob(f"{g.key()}-{seed}", g.key(), g.to_dict(), seed, name, f"{name} #{i}")
+            for i, g in enumerate(genotypes)
+            for seed in seeds
+        ]
+        return run_score_jobs(
+            jobs,
+            {name: cfg},
+            out / f"scores-{name}.jsonl",
+            storage=out,
+            name=f"tune-{name}",
+            resources=resources,
+            max_concurrent=base.search.max_concurrent,
+        )
+
+    reference = score("reference", longer_reference(base), [base.seed])
+    ref = {s.key: reference_value(s, args.reference_metric) for s in reference}
+    rows = []
+    for index, text in enumerate(args.setting):
+        label, overrides = parse_setting(text)
+        cfg = load_config(args.config, overrides)
+        scores = score(f"setting{index}", cfg, [cfg.seed + j for j in range(args.seeds)])
+        by_key: dict[str, list[float]] = {}
+        for s in scores:
+            if s.ok:
+                by_key.setdefault(s.key, []).append(float(s.reward))
+        seconds = statistics.fmean(s.train_seconds or 0.0 for s in scores)
+        keys = [g.key() for g in genotypes if by_key.get(g.key()) and ref.get(g.key()) is not None]
+        try:
+            icc = seed_noise([by_key[k] for k in keys]).icc
+        except ValueError:
+            icc = math.nan
+        tau = bootstrap_interval(
+            kendall_tau,
+            [statistics.fmean(by_key[k]) for k in keys],
+            [ref[k] for k in keys],
+            rng=np.random.default_rng(0),
+        )
+        rows.append(
+            {
+                "setting": label,
+                "overrides": overrides,
+                "seconds_per_arch": seconds,
+                "icc": icc,
+                "tau": tau.value,
+                "tau_low": tau.low,
+                "tau_high": tau.high,
+                "architectures": len(keys),
+                "failed": sum(1 for s in scores if not s.ok),
+            }
+        )
+    table = [
+        f"| setting | s/arch | ICC | Kendall tau vs reference {args.reference_metric} (95% CI) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        tau = (
+            "n/a"
+            if not math.isfinite(r["tau"])
+            else f"{r['tau']:+.2f} [{r['tau_low']:+.2f}, {r['tau_high']:+.2f}]"
+        )
+        table.append(f"| {r['setting']} | {r['seconds_per_arch']:.1f} | {r['icc']:.2f} | {tau} |")
+    print("\n".join(table))
+    summary = {
+        "config": args.config,
+        "architectures": [g.key() for g in genotypes],
+        "reference": ref,
+        "rows": rows,
+    }
+    (out / "proxy_grid.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "proxy_grid.md").write_text("\n".join(table) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for r in rows:
+        if math.isfinite(r["tau"]):
+            ax.errorbar(
+                r["seconds_per_arch"],
+                r["tau"],
+                yerr=[[r["tau"] - r["tau_low"]], [r["tau_high"] - r["tau"]]],
+                fmt="o",
+                capsize=3,
+            )
+            ax.annotate(
+                f"{r['setting']} (ICC {r['icc']:.2f})",
+                (r["seconds_per_arch"], r["tau"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+    ax.set_xlabel("training seconds per architecture")
+    ax.set_ylabel(f"Kendall tau vs reference {args.reference_metric}")
+    ax.set_title(f"proxy grid: {len(genotypes)} architectures, {args.seeds} seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "proxy_grid.png")
+    print(f"wrote {out / 'proxy_grid.json'}, proxy_grid.md and proxy_grid.png")
+
+
+if __name__ == "__main__":
+    main()
