@@ -25,6 +25,18 @@ def test_quickstart_is_a_cpu_search_of_at_least_20_architectures_plus_fpn():
     assert cfg.proxy.reward == "ap" and not uses_feature_cache(cfg)
 
 
+def test_demo_cpu_is_the_quickstart_proxy_searched_longer_and_reevaluated():
+    demo = load_config(EXPERIMENTS / "demo_cpu.yaml")
+    quick = load_config(EXPERIMENTS / "quickstart.yaml")
+    # The same proxy task as the quickstart, so the quickstart's fidelity figures apply to it.
+    for section in ("input", "model", "train", "proxy"):
+        assert getattr(demo, section) == getattr(quick, section), section
+    assert demo.search.num_architectures >= 100 and demo.search.controller_options == {}
+    assert (demo.search.reevaluate_top.k, demo.search.reevaluate_top.seeds) == (5, 2)
+    assert demo.search.cpus_per_trial * demo.search.max_concurrent <= 2
+    assert demo.data.synthetic.num_val >= 200  # retrained models are compared on these
+
+
 def test_nasfpn_config_is_the_papers_proxy():
     cfg = load_config(EXPERIMENTS / "nasfpn.yaml", LOCAL)
     assert (cfg.model.type, cfg.model.backbone.depth) == ("retinanet", 10)
