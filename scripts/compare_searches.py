@@ -119,6 +119,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for name, value in rows[0]["baselines"].items():
         if value is not None:
             ax.axhline(value, color="k", lw=0.8, ls=":", label=f"{name} baseline")
+    # A few diverged trainings sit far below the rest; show the bulk, and say what is off-scale.
+    everything = np.concatenate([np.asarray(r["rewards"], float) for r in rows])
+    everything = everything[np.isfinite(everything)]
+    low, high = np.percentile(everything, 5), everything.max()
+    bottom = low - 0.1 * (high - low)
+    ax.set_ylim(bottom, high + 0.05 * (high - low))
+    hidden = int((everything < bottom).sum())
+    if hidden:
+        ax.text(
+            0.01,
+            0.01,
+            f"{hidden} rewards below {bottom:.3g} off the scale",
+            transform=ax.transAxes,
+            fontsize=7,
+        )
     ax.set_xlabel("architectures evaluated")
     ax.set_ylabel("reward")
     ax.set_title("searches on the same proxy: rewards in evaluation order", fontsize=10)

@@ -153,6 +153,11 @@ class ScoreCallback(tune.Callback):
         self._write(trial, {"status": "error", "message": "the trial process failed"})
 
 
+def score_dirname(trial) -> str:
+    """`score_<id>`: Tune's default folder name would spell out the whole job, genotype included."""
+    return f"score_{trial.trial_id}"
+
+
 def run_score_jobs(
     jobs: Sequence[ScoreJob],
     configs: dict[str, ExperimentConfig],
@@ -199,7 +204,9 @@ def run_score_jobs(
         tuner = tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search([asdict(j) for j in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent, trial_dirname_creator=score_dirname
+            ),
             run_config=tune.RunConfig(
                 storage_path=str(storage),
                 name=name,
