@@ -47,7 +47,7 @@ def train_runs(name: str, config: Path, overrides: list[str], seeds: list[int], 
         if not metrics.is_file():
             resume = (cfg.run_dir() / "checkpoints" / "last.pth").is_file()
             print(f"training {run} ({'resumed' if resume else 'new'})", flush=True)
-            run_train(cfg, resume=resume, log=None)
+            run_train(cfg, resume=resume, log=lambda _line: None)
         results.append(json.loads(metrics.read_text()))
     return results, cfg
 
