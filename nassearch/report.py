@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from nassearch.atomic import atomic_write, atomic_write_text
 from nassearch.controller_log import CONTROLLER_LOG, read_controller_log, reward_trend
 from nassearch.export import Experiment, load_experiment, record_genotype
@@ -48,6 +50,26 @@ def _cost(record: dict[str, Any], cost: Cost) -> float | None:
     return None if value <= 0 else float(value) * COST_SCALE[cost]
 
 
+def _show_bulk(ax, values: list[float]) -> None:
+    """Diverged trainings can sit far below the rest (a loss of -70 beside -3): set the lower limit
+    near the 5th percentile, and say how many points are off the scale."""
+    values = [v for v in values if math.isfinite(v)]
+    if len(values) < 20:
+        return
+    low, high = float(np.percentile(values, 5)), max(values)
+    bottom = low - 0.1 * (high - low)
+    hidden = sum(v < bottom for v in values)
+    if hidden:
+        ax.set_ylim(bottom, high + 0.05 * (high - low))
+        ax.text(
+            0.01,
+            0.01,
+            f"{hidden} below {bottom:.3g} off the scale",
+            transform=ax.transAxes,
+            fontsize=7,
+        )
+
+
 def _searched(exp: Experiment) -> list[dict[str, Any]]:
     return [r for r in exp.records if not r.get("baseline")]
 
@@ -69,6 +91,7 @@ def _reward_panel(ax, exp: Experiment) -> None:
     for record, color in zip(_baselines(exp), ("black", "tab:green", "tab:purple"), strict=False):
         name = str(record.get("trial_id", "")).removeprefix("baseline-")
         ax.axhline(record_reward(record), color=color, ls="--", lw=1, label=f"baseline {name}")
+    _show_bulk(ax, ys)
     stages = [r.get("stage") for r in searched]
     for i in range(1, len(stages)):
         if stages[i] != stages[i - 1]:
@@ -134,6 +157,7 @@ def _cost_panel(ax, exp: Experiment, cost: Cost) -> list[dict[str, Any]]:
                 xytext=(5, 3),
                 textcoords="offset points",
             )
+    _show_bulk(ax, [p[1] for p in points])
     ax.set_title(f"reward against cost ({COST_LABEL[cost]})", fontsize=9)
     ax.set_xlabel(COST_LABEL[cost])
     ax.set_ylabel("reward")
