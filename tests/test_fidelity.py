@@ -68,12 +68,13 @@ def test_a_reference_config_of_another_detector_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_fidelity_of_a_tiny_search(ray_session, tmp_path, capsys):
+def test_fidelity_of_a_tiny_search(ray_session, tmp_path, capsys, monkeypatch):
     cfg = search_config(tmp_path, num_architectures=4)
     cfg["proxy"]["reward"] = "neg_loss"
     assert main(["run", write(tmp_path, cfg)]) == 0
     exp = tmp_path / "runs" / "tiny-search"
-    args = ["fidelity", str(exp), "--top", "2", "--random", "1", "--seeds", "1"]
+    monkeypatch.chdir(tmp_path)  # a relative experiment folder, as users type it
+    args = ["fidelity", "runs/tiny-search", "--top", "2", "--random", "1", "--seeds", "1"]
     assert main([*args, "--reference-metric", "reward"]) == 0
     out = capsys.readouterr().out
     assert "3 architectures (2 best, 1 random), 1 more proxy seed(s) each" in out

@@ -176,7 +176,7 @@ def run_score_jobs(
     Ray must already be initialised.
     """
     scores_path = Path(scores_path)
-    storage = Path(storage)
+    storage = Path(storage).resolve()  # Tune takes a relative storage path for a URI
     ids = {j.job_id for j in jobs}
     if len(ids) != len(jobs):
         raise ValueError("run_score_jobs: job ids must be unique")
