@@ -86,9 +86,12 @@ def test_fidelity_of_a_tiny_search(ray_session, tmp_path, capsys, monkeypatch):
     assert [a["rank"] for a in archs][:2] == [1, 2]
     # A seed the search never used: seed 0 was the search's.
     assert result["new_seeds"] == [1]
-    assert all(len(a["proxy_scores"]) == 2 and a["reference"] is not None for a in archs)
+    assert all(len(a["proxy_scores"]) == 1 and a["reference"] is not None for a in archs)
+    assert all(len(a["recorded_scores"]) == 1 for a in archs)
+    # One new seed: the noise is measured on it and the search's own score together, and says so.
     noise = result["seed_noise"]
     assert noise["architectures"] == 3 and noise["scores"] == 6
+    assert result["noise_scores"].startswith("new seeds and the search's own scores")
     assert -1 <= result["mean_fidelity"]["kendall_tau"]["value"] <= 1
     assert result["mean_fidelity"]["top_k"] == 2  # the two best chosen, of three
     assert (study / "fidelity.png").stat().st_size > 10_000

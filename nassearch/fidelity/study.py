@@ -51,14 +51,17 @@ class StudiedArchitecture:
     key: str
     chosen: Literal["top", "random"]
     recorded: float  # the reward the search ranked it by (mean of its recorded scores)
-    proxy_scores: tuple[float, ...]  # recorded and re-evaluation scores, then the new seeds
+    recorded_scores: tuple[float, ...]  # the search's own scores (record and re-evaluation)
+    # The study's new seeds. The recorded scores are not pooled in: the search chose its best by
+    # them, so they are biased upwards (a lucky draw is why an architecture ranks first).
+    proxy_scores: tuple[float, ...]
     reference: float | None  # the reference metric; None if its reference training failed
     params: int | None
     flops: int | None
 
     @property
     def proxy_mean(self) -> float:
-        return statistics.fmean(self.proxy_scores)
+        return statistics.fmean(self.proxy_scores) if self.proxy_scores else math.nan
 
     @property
     def proxy_std(self) -> float:
@@ -75,6 +78,7 @@ class FidelityResult:
     new_seeds: tuple[int, ...]
     architectures: tuple[StudiedArchitecture, ...]
     seed_noise: SeedNoise | None
+    noise_scores: str  # which scores the seed noise is measured on
     recorded_fidelity: RankFidelity | None  # the search's reward against the reference
     mean_fidelity: RankFidelity | None  # the mean over all seeds against the reference
     failed_jobs: int
@@ -264,18 +268,25 @@ def summarise(
                 key=arch.key,
                 chosen=why,
                 recorded=arch.mean,
-                proxy_scores=tuple(arch.scores) + tuple(s.reward for s in extra if s and s.ok),
+                recorded_scores=tuple(arch.scores),
+                proxy_scores=tuple(s.reward for s in extra if s and s.ok),
                 reference=None if ref is None else reference_value(ref, metric),
                 params=arch.record.get("params"),
                 flops=arch.record.get("flops"),
             )
         )
     failed = sum(1 for s in scores if not s.ok) + (len(chosen) * (len(new_seeds) + 1) - len(scores))
+    # With one new seed there is nothing to measure the noise on but the search's own scores too.
+    if any(len(a.proxy_scores) >= 2 for a in studied):
+        groups, noise_scores = [a.proxy_scores for a in studied], "new seeds"
+    else:
+        groups = [a.recorded_scores + a.proxy_scores for a in studied]
+        noise_scores = "new seeds and the search's own scores (biased: --seeds 2 or more avoids it)"
     try:
-        noise = seed_noise([a.proxy_scores for a in studied])
+        noise = seed_noise(groups)
     except ValueError:
         noise = None
-    paired = [a for a in studied if a.reference is not None]
+    paired = [a for a in studied if a.reference is not None and a.proxy_scores]
     references = [a.reference for a in paired]
     recorded = mean = None
     if len(paired) >= 3:
@@ -291,6 +302,7 @@ def summarise(
         new_seeds=new_seeds,
         architectures=tuple(studied),
         seed_noise=noise,
+        noise_scores=noise_scores,
         recorded_fidelity=recorded,
         mean_fidelity=mean,
         failed_jobs=failed,
@@ -309,7 +321,8 @@ def describe(result: FidelityResult) -> str:
     else:
         lines.append(
             f"seed noise: ICC {noise.icc:.2f} (share of reward variance that is architecture), "
-            f"within-architecture std {noise.within_std:.4g} vs between {noise.architecture_std:.4g}; "
+            f"within-architecture std {noise.within_std:.4g} vs between {noise.architecture_std:.4g} "
+            f"(on the {result.noise_scores}); "
             f"differences below {noise.lsd_single:.4g} (single scores) or {noise.lsd_mean:.4g} "
             "(means) are not significant"
         )
@@ -320,7 +333,14 @@ def describe(result: FidelityResult) -> str:
         lines.append(
             f"rank fidelity vs {result.reference_recipe} {result.reference_metric}: Kendall tau "
             f"{fid.kendall_tau.describe()}, Spearman rho {fid.spearman_rho.describe()} "
-            f"(95% bootstrap), top-{fid.top_k} overlap {fid.top_k_overlap:.2f}"
+            f"(95% bootstrap), top-{fid.top_k} overlap {fid.top_k_overlap:.2f} for the search's "
+            "reward"
+        )
+    if result.mean_fidelity is not None:
+        fid = result.mean_fidelity
+        lines.append(
+            f"  the mean of the new seeds: Kendall tau {fid.kendall_tau.describe()}, Spearman rho "
+            f"{fid.spearman_rho.describe()}, top-{fid.top_k} overlap {fid.top_k_overlap:.2f}"
         )
     return "\n".join(lines)
 
@@ -332,7 +352,8 @@ def markdown(result: FidelityResult) -> str:
         "",
         f"Experiment `{result.experiment}`; reference recipe `{result.reference_recipe}`, "
         f"metric `{result.reference_metric}`; new proxy seeds {list(result.new_seeds)}; "
-        f"{result.failed_jobs} run(s) failed or missing.",
+        f"{result.failed_jobs} run(s) failed or missing. Seed noise measured on the "
+        f'{result.noise_scores}; "new seeds mean" ranks by the mean of the new seeds only.',
         "",
         "| statistic | value |",
         "|---|---|",
@@ -347,7 +368,7 @@ def markdown(result: FidelityResult) -> str:
             f"| least significant difference, single scores / means | "
             f"{noise.lsd_single:.4g} / {noise.lsd_mean:.4g} |",
         ]
-    for label, fid in (("search reward", rec), ("mean over seeds", mean)):
+    for label, fid in (("search reward", rec), ("new seeds mean", mean)):
         if fid is not None:
             lines += [
                 f"| Kendall tau, {label} vs reference (95% CI) | {fid.kendall_tau.describe()} |",
@@ -356,14 +377,16 @@ def markdown(result: FidelityResult) -> str:
             ]
     lines += [
         "",
-        "| rank | key | chosen | search reward | proxy mean ± std (n) | reference | params | GMACs |",
+        "| rank | key | chosen | search reward (n) | new seeds mean ± std (n) | reference | params "
+        "| GMACs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for a in result.architectures:
         ref = "failed" if a.reference is None else f"{a.reference:.4f}"
         gmacs = "—" if not a.flops else f"{a.flops / 1e9:.2f}"
         lines.append(
-            f"| {a.rank} | `{a.key}` | {a.chosen} | {a.recorded:.4f} | {a.proxy_mean:.4f} ± "
+            f"| {a.rank} | `{a.key}` | {a.chosen} | {a.recorded:.4f} ({len(a.recorded_scores)}) "
+            f"| {a.proxy_mean:.4f} ± "
             f"{a.proxy_std:.4f} ({len(a.proxy_scores)}) | {ref} | {a.params or '—'} | {gmacs} |"
         )
     return "\n".join(lines) + "\n"
@@ -378,7 +401,11 @@ def plot(result: FidelityResult, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for why, color in (("top", "tab:red"), ("random", "tab:blue")):
-        group = [a for a in result.architectures if a.chosen == why and a.reference is not None]
+        group = [
+            a
+            for a in result.architectures
+            if a.chosen == why and a.reference is not None and a.proxy_scores
+        ]
         if not group:
             continue
         ax.errorbar(
@@ -405,7 +432,7 @@ def plot(result: FidelityResult, path: Path) -> None:
     if result.seed_noise is not None:
         title += f"\nICC {result.seed_noise.icc:.2f}, seed std {result.seed_noise.within_std:.3g}"
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel(f"proxy reward, mean ± std over {len(result.new_seeds)}+ seeds")
+    ax.set_xlabel(f"proxy reward, mean ± std over the {len(result.new_seeds)} new seeds")
     ax.set_ylabel(f"reference {result.reference_metric} ({result.reference_recipe})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
