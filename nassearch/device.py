@@ -4,6 +4,7 @@ CPU intra-op threads for a block."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -41,6 +42,13 @@ def use_bf16(device: torch.device, amp: str = "auto") -> bool:
 def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
     """channels_last memory format helps convolutions on CUDA; on CPU it is left off."""
     return device.type == "cuda" and setting in ("auto", "on")
+
+
+def follow_ray_threads() -> None:
+    """Inside a Ray worker: torch takes the trial's CPU count, which Ray puts in OMP_NUM_THREADS."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.device import torch_threads
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
-from nassearch.proxy_eval.proxy_task import evaluate_repeated
+from nassearch.proxy_eval.proxy_task import evaluate_repeated, repeat_seed
 from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
 from nassearch.proxy_eval.trial import proxy_trial
 from nassearch.ranking import (
@@ -470,7 +470,7 @@ def reevaluate_top(
     best = rank_architectures(records)[: option.k]
     if not best:
         return
-    seeds = [cfg.seed + cfg.proxy.repeats + j for j in range(option.seeds)]
+    seeds = [repeat_seed(cfg, cfg.proxy.repeats + j) for j in range(option.seeds)]
     jobs = [
         ScoreJob(
             job_id=f"{a.key}-seed{seed}",

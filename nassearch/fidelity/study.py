@@ -32,6 +32,7 @@ from nassearch.config import ExperimentConfig, load_config
 from nassearch.errors import NasSearchError
 from nassearch.export import Experiment, load_experiment
 from nassearch.fidelity.stats import RankFidelity, SeedNoise, rank_fidelity, seed_noise
+from nassearch.proxy_eval.proxy_task import repeat_seed
 from nassearch.proxy_eval.rescore import Score, ScoreJob, run_score_jobs
 from nassearch.ranking import RankedArchitecture, rank_architectures
 from nassearch.records import json_safe
@@ -207,7 +208,7 @@ def run_fidelity(
         raise NasSearchError(f"--out {out}: exists and is not a folder")
     # Seeds the search never used: after the repeats' and the re-evaluation's.
     used = cfg.proxy.repeats + (cfg.search.reevaluate_top.seeds if cfg.search.reevaluate_top else 0)
-    new_seeds = tuple(cfg.seed + used + j for j in range(seeds))
+    new_seeds = tuple(repeat_seed(cfg, used + j) for j in range(seeds))
     jobs = []
     for rank, arch, _ in chosen:
         genotype = arch.record["genotype"]

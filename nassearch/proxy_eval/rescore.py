@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 from ray import tune
 
 from nassearch.config import ExperimentConfig, validate_config
+from nassearch.device import follow_ray_threads
 from nassearch.proxy_eval.proxy_data import proxy_data, uses_feature_cache
 from nassearch.records import RecordWriter, iter_records
 
@@ -83,14 +83,11 @@ def score_trial(
     caches: dict[str, str],
 ) -> None:
     """Tune function trainable: run `config["job"]` (a ScoreJob as a mapping) and report its score."""
-    import torch
 
     from nassearch.proxy_eval.proxy_task import evaluate_candidate
     from nassearch.search_spaces import genotype_from_dict
 
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
+    follow_ray_threads()
     job = ScoreJob(**config["job"])
     cfg = validate_config(configs[job.config], f"{job.config} config")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})

@@ -23,9 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nassearch.config import validate_config
+from nassearch.device import follow_ray_threads
 from nassearch.proxy_eval.proxy_data import proxy_data
 from nassearch.proxy_eval.proxy_task import ProxyResult, evaluate_repeated
 from nassearch.records import RESULT_FIELDS, read_records
@@ -70,10 +69,7 @@ def proxy_trial(
     """
     from ray import tune
 
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        # Ray sets OMP_NUM_THREADS to the trial's CPU count; torch must follow it too.
-        torch.set_num_threads(int(threads))
+    follow_ray_threads()
     context = tune.get_context()
     done = recorded_result(records_path, context.get_trial_id())
     if done is not None:
