@@ -11,9 +11,12 @@ OUT/proxy_grid.png (tau against seconds per architecture).
 
     python scripts/proxy_grid.py experiments/quickstart.yaml --archs 8 --seeds 2 --out runs/grid \
         --setting "ap: " --setting "neg_loss: proxy.reward=neg_loss" \
-        --setting "neg_loss, 3 epochs: proxy.reward=neg_loss train.epochs=3"
+        --setting "3 epochs: proxy.reward=neg_loss train.epochs=3 scores=reward,ap"
 
-A setting is `LABEL: KEY=VALUE KEY=VALUE ...` (the `--set` overrides of that setting).
+A setting is `LABEL: KEY=VALUE KEY=VALUE ...` (the `--set` overrides of that setting). One
+training yields every score the proxy computes, so `scores=reward,ap,ap50` reports one row per
+score of the same runs (rewards `ap`, `ap50` and `neg_loss` differ only after training; with
+`proxy.reward=neg_loss` all three are computed). The default is `scores=reward`.
 """
 
 from __future__ import annotations
@@ -28,20 +31,32 @@ from pathlib import Path
 import numpy as np
 
 from nassearch.config import load_config
-from nassearch.fidelity.stats import bootstrap_interval, kendall_tau, seed_noise
+from nassearch.fidelity.stats import bootstrap_interval, kendall_tau, seed_noise, spearman_rho
 from nassearch.fidelity.study import longer_reference, reference_value
 from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
 from nassearch.search_spaces import get_space, named_genotypes
 
+SCORES = ("reward", "ap", "ap50")
 
-def parse_setting(text: str) -> tuple[str, list[str]]:
-    label, _, overrides = text.partition(":")
-    return label.strip(), overrides.split()
+
+def parse_setting(text: str) -> tuple[str, list[str], list[str]]:
+    """`LABEL: overrides... [scores=a,b]` -> (label, overrides, scores)."""
+    label, _, rest = text.partition(":")
+    overrides, scores = [], ["reward"]
+    for token in rest.split():
+        if token.startswith("scores="):
+            scores = token.removeprefix("scores=").split(",")
+            unknown = [s for s in scores if s not in SCORES]
+            if unknown:
+                raise SystemExit(f"error: --setting {text!r}: unknown score {unknown[0]!r}")
+        else:
+            overrides.append(token)
+    return label.strip(), overrides, scores
 
 
 def architectures(cfg, n: int, seed: int):
-    space = get_space(cfg.search.space, **cfg.search.space_options)
     """The search's first baseline, then distinct seeded samples of its space: `n` in all."""
+    space = get_space(cfg.search.space, **cfg.search.space_options)
     found = {}
     if cfg.search.baselines:
         baseline = named_genotypes(cfg.search.space)[cfg.search.baselines[0]]
@@ -93,41 +108,51 @@ def main() -> None:
     ref = {s.key: reference_value(s, args.reference_metric) for s in reference}
     rows = []
     for index, text in enumerate(args.setting):
-        label, overrides = parse_setting(text)
+        label, overrides, views = parse_setting(text)
         cfg = load_config(args.config, overrides)
         scores = score(f"setting{index}", cfg, [cfg.seed + j for j in range(args.seeds)])
-        by_key: dict[str, list[float]] = {}
-        for s in scores:
-            if s.ok:
-                by_key.setdefault(s.key, []).append(float(s.reward))
         seconds = statistics.fmean(s.train_seconds or 0.0 for s in scores)
-        keys = [g.key() for g in genotypes if by_key.get(g.key()) and ref.get(g.key()) is not None]
-        try:
-            icc = seed_noise([by_key[k] for k in keys]).icc
-        except ValueError:
-            icc = math.nan
-        tau = bootstrap_interval(
-            kendall_tau,
-            [statistics.fmean(by_key[k]) for k in keys],
-            [ref[k] for k in keys],
-            rng=np.random.default_rng(0),
-        )
-        rows.append(
-            {
-                "setting": label,
-                "overrides": overrides,
-                "seconds_per_arch": seconds,
-                "icc": icc,
-                "tau": tau.value,
-                "tau_low": tau.low,
-                "tau_high": tau.high,
-                "architectures": len(keys),
-                "failed": sum(1 for s in scores if not s.ok),
-            }
-        )
+        for view in views:
+            by_key: dict[str, list[float]] = {}
+            for s in scores:
+                value = reference_value(s, view)
+                if value is not None:
+                    by_key.setdefault(s.key, []).append(value)
+            keys = [
+                g.key() for g in genotypes if by_key.get(g.key()) and ref.get(g.key()) is not None
+            ]
+            try:
+                icc = seed_noise([by_key[k] for k in keys]).icc
+            except ValueError:
+                icc = math.nan
+            tau = bootstrap_interval(
+                kendall_tau,
+                [statistics.fmean(by_key[k]) for k in keys],
+                [ref[k] for k in keys],
+                rng=np.random.default_rng(0),
+            )
+            rho = spearman_rho([statistics.fmean(by_key[k]) for k in keys], [ref[k] for k in keys])
+            name = cfg.proxy.reward if view == "reward" else view
+            rows.append(
+                {
+                    "setting": f"{label}, {name}",
+                    "overrides": overrides,
+                    "score": name,
+                    "seconds_per_arch": seconds,
+                    "icc": icc,
+                    "tau": tau.value,
+                    "tau_low": tau.low,
+                    "tau_high": tau.high,
+                    "rho": rho,
+                    "architectures": len(keys),
+                    "failed": sum(1 for s in scores if not s.ok),
+                    "per_architecture": {k: by_key[k] for k in keys},
+                }
+            )
     table = [
-        f"| setting | s/arch | ICC | Kendall tau vs reference {args.reference_metric} (95% CI) |",
-        "|---|---|---|---|",
+        f"| setting | s/arch | ICC | Kendall tau vs reference {args.reference_metric} (95% CI) "
+        "| Spearman rho |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
         tau = (
@@ -135,12 +160,22 @@ def main() -> None:
             if not math.isfinite(r["tau"])
             else f"{r['tau']:+.2f} [{r['tau_low']:+.2f}, {r['tau_high']:+.2f}]"
         )
-        table.append(f"| {r['setting']} | {r['seconds_per_arch']:.1f} | {r['icc']:.2f} | {tau} |")
+        table.append(
+            f"| {r['setting']} | {r['seconds_per_arch']:.1f} | {r['icc']:.2f} | {tau} "
+            f"| {r['rho']:+.2f} |"
+        )
+    ref_seconds = statistics.fmean(s.train_seconds or 0.0 for s in reference)
+    table.append(
+        f"\nReference: {len(ref)} architectures, one seed each, {ref_seconds:.1f} s of training "
+        f"per architecture; s/arch is training seconds per architecture and seed."
+    )
     print("\n".join(table))
     summary = {
         "config": args.config,
         "architectures": [g.key() for g in genotypes],
         "reference": ref,
+        "reference_seconds_per_arch": ref_seconds,
+        "seeds": args.seeds,
         "rows": rows,
     }
     (out / "proxy_grid.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
