@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nassearch.distributed import is_main_rank
-from nassearch.errors import NasSearchError, NasSearchWarning
+from nassearch.errors import NasSearchError, NasSearchWarning, require_int
+from nassearch.output_paths import check_output_file, check_output_folder
+from nassearch.status import Status
 
 EXIT_BAD_INPUT = 2
 # Stopped by a signal after writing a checkpoint (`--resume` continues): 128 + SIGINT, as a shell.
@@ -158,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument(
-        "--input-size", type=int, default=None, help="square input size (default: the config's)"
+        "--input-size",
+        default=None,
+        help="S or HxW, a multiple of input.size_divisor (default: the config's network input)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -260,7 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = run_train(cfg, resume=args.resume, device=device, distributed=ctx)
     finally:
         shutdown_distributed(ctx)
-    return {"ok": 0, "interrupted": EXIT_INTERRUPTED}.get(summary["status"], 1)
+    return {Status.OK: 0, Status.INTERRUPTED: EXIT_INTERRUPTED}.get(summary["status"], 1)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -276,6 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from nassearch.onnx_export import export_onnx, parse_input_size
 
+    check_output_file(args.out)
     cfg = _load(args, require_data=False)
     report = export_onnx(
         cfg,
@@ -298,10 +303,12 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from nassearch.onnx_export import parse_input_size
     from nassearch.summary import format_summary, summarize
 
     cfg = _load(args, require_data=False)
-    result = summarize(cfg, input_size=args.input_size)
+    size = parse_input_size(args.input_size, cfg) if args.input_size is not None else None
+    result = summarize(cfg, input_size=size)
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0
 
@@ -311,6 +318,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise NasSearchError(f"--out {args.out}: use a .png, .pdf or .svg file name")
+    check_output_file(args.out)
     genotype, context = load_genotype(args.source)
     out = draw(genotype, args.out, **context)
     print(f"{genotype.space} architecture {genotype.key()} drawn to {out}")
@@ -320,14 +328,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from nassearch.data.synthetic import generate_synthetic
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = check_output_folder(args.out)
+    if out.exists() and any(out.iterdir()):
         raise NasSearchError(f"--out {out}: exists and is not an empty folder; choose a new one")
-    for flag, value in (("--num-train", args.num_train), ("--num-val", args.num_val)):
-        if value < 1:
-            raise NasSearchError(f"{flag}: must be at least 1, got {value}")
-    if args.image_size < 32:
-        raise NasSearchError(f"--image-size: must be at least 32, got {args.image_size}")
+    for flag, value in (
+        ("--num-train", args.num_train),
+        ("--num-val", args.num_val),
+        ("--min-object-size", args.min_object_size),
+        ("--max-objects", args.max_objects),
+    ):
+        require_int(flag, value)
+    require_int("--image-size", args.image_size, 32)
+    if args.max_object_size is not None:
+        require_int("--max-object-size", args.max_object_size, args.min_object_size)
     root = generate_synthetic(
         out,
         num_train=args.num_train,

@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from nassearch.atomic import atomic_write_text
-from nassearch.errors import NasSearchError
+from nassearch.errors import NasSearchError, first_line
+from nassearch.search_spaces.registry import space_names
 
 
 class Strict(BaseModel):
@@ -113,7 +122,7 @@ class BackboneConfig(Strict):
 class NeckConfig(Strict):
     """The neck: plain `fpn`, or a searched one (`nasfpn`, `nasfcos`) built from `model.genotype`."""
 
-    type: Literal["fpn", "nasfpn", "nasfcos"] = "fpn"
+    type: str = "fpn"
     out_channels: int = Field(256, ge=8)
     # fpn: P6 from C5 ("input") or from P5 ("output"); None: the detector's convention (RetinaNet:
     # input, FCOS: output).
@@ -125,6 +134,14 @@ class NeckConfig(Strict):
     style: Literal["tensorflow", "mmdet"] = "tensorflow"
     # nasfcos: in-cell upsampling (official code: bilinear; mmdetection: nearest).
     upsample: Literal["bilinear", "nearest"] = "bilinear"
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        names = ["fpn", *space_names()]
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(repr(n) for n in names)}")
+        return value
 
 
 class DetectorConfig(Strict):
@@ -300,7 +317,7 @@ class ReevaluateConfig(Strict):
 class SearchConfig(Strict):
     """The search itself: space, controller, budget, Ray resources, baselines (`nassearch run`)."""
 
-    space: Literal["nasfpn", "nasfcos"] = "nasfpn"
+    space: str = "nasfpn"
     # Options of the space, e.g. {num_cells: 7} for nasfpn or {part: fpn} for nasfcos.
     space_options: dict[str, Any] = Field(default_factory=dict)
     controller: Literal["reinforce", "ppo", "random", "evolution"] = "reinforce"
@@ -322,6 +339,13 @@ class SearchConfig(Strict):
     # When the search ends, re-score its best `k` with `seeds` more seeds each before anything is
     # ranked or exported, so that a lucky draw does not win (reevaluation.jsonl).
     reevaluate_top: ReevaluateConfig | None = None
+
+    @field_validator("space")
+    @classmethod
+    def _known_space(cls, value: str) -> str:
+        if value not in space_names():
+            raise ValueError(f"must be one of {', '.join(repr(n) for n in space_names())}")
+        return value
 
 
 class ExperimentConfig(Strict):
@@ -359,7 +383,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise NasSearchError(
-            f"--set {item!r}: value is not valid YAML ({_first_line(exc)})"
+            f"--set {item!r}: value is not valid YAML ({first_line(exc)})"
         ) from exc
     return parts, value
 
@@ -390,7 +414,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise NasSearchError(f"{path}: not valid YAML ({_first_line(exc)})") from exc
+        raise NasSearchError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise NasSearchError(f"{path}: cannot read ({exc})") from exc
     if data is None:
@@ -529,6 +553,7 @@ def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool
             f"{cfg.model.pos_iou_thr}"
         )
     _check_genotype(cfg, source)
+    _check_space(cfg, source)
     lo, hi = cfg.input.scale_range
     if not 0 < lo <= hi:
         raise NasSearchError(f"{source}: input.scale_range: need 0 < low <= high, got {[lo, hi]}")
@@ -543,6 +568,22 @@ def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool
             f"{source}: data.synthetic.max_object_size: {syn.max_object_size} exceeds "
             f"image_size {syn.image_size}"
         )
+
+
+def _check_space(cfg: ExperimentConfig, source: str) -> None:
+    """The search space must build from its options here, before any run folder is made."""
+    from nassearch.search_spaces import get_space
+
+    options = cfg.search.space_options
+    try:
+        get_space(cfg.search.space, **options)
+    except NasSearchError as exc:
+        raise NasSearchError(f"{source}: search.space_options: {exc}") from None
+    except TypeError as exc:  # an option the space's constructor does not take
+        raise NasSearchError(
+            f"{source}: search.space_options: {cfg.search.space} takes no such option "
+            f"({first_line(exc)})"
+        ) from None
 
 
 def _check_genotype(cfg: ExperimentConfig, source: str) -> None:
@@ -570,7 +611,3 @@ def _check_genotype(cfg: ExperimentConfig, source: str) -> None:
         raise NasSearchError(
             f"{source}: model.genotype: searches a NAS-FCOS head, which needs model.type fcos"
         )
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -23,7 +23,6 @@ import datetime
 import hashlib
 import json
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,9 @@ import yaml
 
 from nassearch.atomic import atomic_write
 from nassearch.config import ExperimentConfig, load_config, validate_config
-from nassearch.errors import NasSearchError
+from nassearch.console import Log, silent
+from nassearch.errors import NasSearchError, require_int
+from nassearch.output_paths import check_output_folder
 from nassearch.ranking import (
     REEVALUATION_FILE,
     RankedArchitecture,
@@ -45,7 +46,6 @@ from nassearch.records import RECORD_FILE, read_records
 from nassearch.search_spaces import Genotype, genotype_from_dict
 
 CONFIG_FILE = "config.yaml"  # the resolved search config `nassearch run` saves (search.py)
-Log = Callable[[str], None] | None
 
 
 # --------------------------------------------------------------------------------- experiment
@@ -241,6 +241,11 @@ def search_sections(genotype: Genotype, search: ExperimentConfig) -> dict[str, A
     sections = {name: _plain(getattr(search, name)) for name in ("input", "model", "train", "eval")}
     sections["model"]["neck"]["type"] = genotype.space
     sections["model"]["genotype"] = genotype.to_dict()
+    backbone = sections["model"]["backbone"]
+    if backbone.get("weights") is None and backbone.get("frozen_stages") == 4:
+        # A frozen, randomly initialised backbone is a proxy trick (cheap cached features that
+        # rank architectures well); a detector to keep trains it.
+        backbone.update(frozen_stages=-1, norm_eval=False)
     return sections
 
 
@@ -263,6 +268,8 @@ def retrain_config(
             "Recipe: the search's own proxy settings (input, model, training) with this "
             "architecture as the neck (--recipe search)."
         )
+        if search.model.backbone.weights is None and search.model.backbone.frozen_stages == 4:
+            origin += " The search's frozen random backbone trains here (frozen_stages -1)."
     train = sections["train"]
     base_batch, base_lr = train["batch_size"], train["optimizer"]["lr"]
     if batch_size is not None:
@@ -358,7 +365,7 @@ def arch_document(
         "genotype": genotype.to_dict(),
         "proxy_metrics": {
             name: _number(record.get(name))
-            for name in ("reward", "ap", "ap50", "val_loss", "params", "flops", "latency_ms")
+            for name in ("reward", "ap", "ap50", "val_loss", "params", "macs", "latency_ms")
         },
         "reward_mean": ranked.mean,
         "reward_std": ranked.std,
@@ -400,7 +407,7 @@ def _plan(
     origin = f"the search in {exp.path.resolve()} (trial {record.get('trial_id')}"
     arch_header = [
         f"{what} of {origin}), exported by `nassearch export`. Proxy metrics are the search's "
-        "(flops: multiply-adds per image at the proxy input size).",
+        "(macs: multiply-adds per image at the proxy input size).",
         f"Use it in a config as `model.genotype: {out / f'arch-{rank}.yaml'}` with "
         f"`model.neck.type: {genotype.space}`; draw it with `nassearch show "
         f"{out / f'arch-{rank}.yaml'} --out arch.png`; retrain-{rank}.yaml trains it.",
@@ -493,7 +500,7 @@ def leaderboard(
     for rank, record, item in rows:
         if record.get("baseline"):
             rank += f" (baseline {_baseline_name(record)})"
-        flops = _number(record.get("flops"))
+        macs = _number(record.get("macs"))
         files = (
             "—"
             if item is None
@@ -506,7 +513,7 @@ def leaderboard(
             f"| {rank} | `{record.get('key')}` | "
             f"{item.reward_text if item is not None else _fmt(record.get('reward'), '.4f')} "
             f"| {_fmt(record.get('ap'), '.3f')} | {_fmt(record.get('ap50'), '.3f')} "
-            f"| {_fmt(record.get('params'), ',')} | {_fmt(flops and flops / 1e9, '.2f')} "
+            f"| {_fmt(record.get('params'), ',')} | {_fmt(macs and macs / 1e9, '.2f')} "
             f"| {_fmt(record.get('latency_ms'), '.1f')} | {record.get('trial_id')} | {files} |"
         )
     exported_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -526,19 +533,17 @@ def export_top(
     recipe: str = "paper",
     batch_size: int | None = None,
     runs_dir: str | Path = "runs",
-    log: Log = print,
+    log: Log | None = print,
 ) -> list[ExportedArchitecture]:
     """Export the `top` best architectures of an experiment (default: the latest under `runs_dir`)."""
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise NasSearchError(f"--top: must be an integer of at least 1, got {top!r}")
+    require_int("--top", top)
     if recipe not in RECIPE_CHOICES:
         raise NasSearchError(f"--recipe: {recipe!r} (expected one of {', '.join(RECIPE_CHOICES)})")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise NasSearchError(f"--batch-size: must be an integer of at least 1, got {batch_size!r}")
-    log = log or (lambda _line: None)
+    if batch_size is not None:
+        require_int("--batch-size", batch_size)
+    log = log or silent
     exp = load_experiment(exp_dir if exp_dir is not None else latest_experiment(runs_dir))
+    out = check_output_folder(out if out is not None else exp.path / "export")
     ranked = rank_architectures(exp.records, exp.reevaluations, include_baselines=include_baselines)
     if not ranked:
         raise _no_architecture_error(exp)
@@ -548,9 +553,6 @@ def export_top(
             f"exporting {len(ranked)}, not {top}"
         )
     chosen = ranked[:top]
-    out = Path(out) if out is not None else exp.path / "export"
-    if out.exists() and not out.is_dir():
-        raise NasSearchError(f"--out {out}: exists and is not a folder")
     planned = [
         _plan(exp, rank, architecture, out, recipe, batch_size)
         for rank, architecture in enumerate(chosen, start=1)

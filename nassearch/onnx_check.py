@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nassearch.detectors.ops.deform_conv import ModulatedDeformConv2d
 from nassearch.errors import NasSearchError
-from nassearch.search_spaces.deform_conv import ModulatedDeformConv2d
 
 # Largest accepted |onnxruntime - reference| / max |reference| over each output.
 DEFAULT_TOLERANCE = 1e-4

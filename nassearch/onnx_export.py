@@ -25,9 +25,12 @@ import yaml
 from torch import Tensor, nn
 
 from nassearch.config import ExperimentConfig
-from nassearch.data.build import build_dataset
-from nassearch.detectors.build import STRIDES, build_detector
-from nassearch.errors import NasSearchError
+from nassearch.data.build import num_classes
+from nassearch.detectors.build import build_detector
+from nassearch.detectors.dense import PYRAMID_STRIDES
+from nassearch.detectors.ops.deform_conv import ModulatedDeformConv2d
+from nassearch.engine.checkpoint import load_model_weights
+from nassearch.errors import NasSearchError, first_line
 from nassearch.onnx_check import (
     DEFAULT_TOLERANCE,
     OnnxCheck,
@@ -35,8 +38,6 @@ from nassearch.onnx_check import (
     require_onnx_extra,
     run_onnx,
 )
-from nassearch.proxy_eval.checkpoint import load_model_weights
-from nassearch.search_spaces.deform_conv import ModulatedDeformConv2d
 
 OPSET = 17
 OUTPUT_KINDS = {
@@ -68,9 +69,9 @@ class RawHeadOutputs(nn.Module):
         return tuple(t for per_level in kinds for t in per_level)
 
 
-def output_names(detector_type: str, num_levels: int = len(STRIDES)) -> list[str]:
+def output_names(detector_type: str, num_levels: int = len(PYRAMID_STRIDES)) -> list[str]:
     """`<kind>_p<level>` for every head output kind and pyramid level (P3 is stride 8)."""
-    first = int(np.log2(STRIDES[0]))
+    first = int(np.log2(PYRAMID_STRIDES[0]))
     return [
         f"{kind}_p{first + i}" for kind in OUTPUT_KINDS[detector_type] for i in range(num_levels)
     ]
@@ -98,22 +99,9 @@ def parse_input_size(value: str | None, cfg: ExperimentConfig) -> tuple[int, int
     return height, width
 
 
-def num_classes_for_export(cfg: ExperimentConfig) -> int:
-    """model.num_classes, else the category count of the config's validation annotations."""
-    if cfg.model.num_classes is not None:
-        return cfg.model.num_classes
-    try:
-        return len(build_dataset(cfg, "val", train=False).cat_ids)
-    except NasSearchError as exc:
-        raise NasSearchError(
-            f"model.num_classes: not set and the validation data cannot be read ({exc}); "
-            "give it with --set model.num_classes=N"
-        ) from None
-
-
 def load_detector(cfg: ExperimentConfig, checkpoint: str | os.PathLike) -> nn.Module:
     """The config's detector with the checkpoint's weights, in eval mode on the CPU."""
-    model = build_detector(cfg.model, num_classes_for_export(cfg), seed=cfg.seed)
+    model = build_detector(cfg.model, num_classes(cfg, read_val=True), seed=cfg.seed)
     load_model_weights(model, checkpoint)
     return model.eval()
 
@@ -152,9 +140,9 @@ def export_onnx(
         with torch.no_grad():
             reference = wrapper(images)
     except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NasSearchError(
-            f"export-onnx: the detector fails on a {batch_size}x3x{height}x{width} input ({first}); "
+            f"export-onnx: the detector fails on a {batch_size}x3x{height}x{width} input "
+            f"({first_line(exc)}); "
             "try a larger --input-size"
         ) from None
     names = output_names(cfg.model.type, len(reference) // len(OUTPUT_KINDS[cfg.model.type]))
@@ -235,7 +223,7 @@ def _set_metadata(
         "nassearch.input": f"images [batch, 3, {size[0]}, {size[1]}] float32, "
         f"normalize={cfg.input.normalize}, zero-padded",
         "nassearch.outputs": ",".join(names),
-        "nassearch.strides": ",".join(str(s) for s in STRIDES),
+        "nassearch.strides": ",".join(str(s) for s in PYRAMID_STRIDES),
         "nassearch.config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
     }
     for key, value in values.items():

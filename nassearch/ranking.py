@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nassearch.records import iter_records
+from nassearch.status import Status
 
 REEVALUATION_FILE = "reevaluation.jsonl"
 
@@ -33,7 +34,7 @@ def record_reward(record: dict[str, Any]) -> float | None:
 
 def is_successful(record: dict[str, Any]) -> bool:
     """Trained and scored: status ok and a finite reward (failures carry a stand-in reward)."""
-    return record.get("status") == "ok" and record_reward(record) is not None
+    return record.get("status") == Status.OK and record_reward(record) is not None
 
 
 def identity(record: dict[str, Any]) -> str:
@@ -87,7 +88,7 @@ def read_reevaluations(path: str | Path) -> dict[str, list[float]]:
     if not path.is_file():
         return found
     for line in iter_records(path):
-        if line.get("status") == "ok" and record_reward(line) is not None:
+        if line.get("status") == Status.OK and record_reward(line) is not None:
             found.setdefault(str(line.get("key")), []).append(float(line["reward"]))
     return found
 

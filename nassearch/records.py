@@ -18,6 +18,8 @@ from typing import Any
 from nassearch.errors import NasSearchError, NasSearchWarning
 
 RECORD_FILE = "architectures.jsonl"
+# Keys renamed since records were first written: old -> new (read back under the new name).
+RENAMED_KEYS = {"flops": "macs"}
 # A proxy evaluation's result fields as a record holds them (a resumed trial re-reports them).
 RESULT_FIELDS = (
     "reward",
@@ -27,7 +29,7 @@ RESULT_FIELDS = (
     "ap50",
     "val_loss",
     "params",
-    "flops",
+    "macs",
     "latency_ms",
     "train_seconds",
     "scores",
@@ -106,6 +108,9 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
                     stacklevel=2,
                 )
                 continue
+            for old, new in RENAMED_KEYS.items():
+                if old in record and new not in record:
+                    record[new] = record.pop(old)
             yield record
 
 

@@ -24,10 +24,11 @@ import numpy as np
 from nassearch.atomic import atomic_write, atomic_write_text
 from nassearch.controller_log import CONTROLLER_LOG, read_controller_log, reward_trend
 from nassearch.export import Experiment, load_experiment, record_genotype
+from nassearch.output_paths import check_output_folder
 from nassearch.ranking import RankedArchitecture, is_successful, rank_architectures, record_reward
 
 Cost = Literal["macs", "params", "latency_ms"]
-COST_FIELD = {"macs": "flops", "params": "params", "latency_ms": "latency_ms"}
+COST_FIELD = {"macs": "macs", "params": "params", "latency_ms": "latency_ms"}
 COST_LABEL = {"macs": "GMACs per image", "params": "parameters (M)", "latency_ms": "latency (ms)"}
 COST_SCALE = {"macs": 1e-9, "params": 1e-6, "latency_ms": 1.0}
 
@@ -204,7 +205,7 @@ def write_report(
     ranked = rank_architectures(exp.records, exp.reevaluations)
     if not ranked:
         raise NasSearchError(f"{exp.records_path}: no successful searched architecture to report")
-    out = Path(out) if out is not None else exp.path
+    out = check_output_folder(out if out is not None else exp.path)
     out.mkdir(parents=True, exist_ok=True)
     fig = plt.figure(figsize=(16, 9.5), dpi=100)
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.15])
@@ -255,9 +256,9 @@ def _markdown(
         for r in _baselines(exp)
     ]
     for name, r, reward in rows:
-        flops = r.get("flops") or 0
+        macs = r.get("macs") or 0
         lines.append(
-            f"| {name} | `{r.get('key')}` | {reward} | {r.get('params') or 0:,} | {flops / 1e9:.2f} |"
+            f"| {name} | `{r.get('key')}` | {reward} | {r.get('params') or 0:,} | {macs / 1e9:.2f} |"
         )
     lines += ["", f"Pareto front over {COST_LABEL[cost]} ({len(front)} architectures):", ""]
     lines += [

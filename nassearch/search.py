@@ -22,6 +22,7 @@ import ray
 from ray import tune
 
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
+from nassearch.console import silent
 from nassearch.controller_log import (
     CONTROLLER_LOG,
     ControllerLog,
@@ -45,8 +46,10 @@ from nassearch.ranking import (
     record_scores,
 )
 from nassearch.records import RECORD_FILE, RESULT_FIELDS, RecordWriter, read_records
-from nassearch.search_spaces import get_space, named_genotypes
+from nassearch.search_spaces import approx_count, get_space, named_genotypes
 from nassearch.signal_check import FIRST_REWARDS, no_signal_warning, pooled_seed_std
+from nassearch.status import Status
+from nassearch.trial_spec import TrialSpec
 
 CONFIG_FILE = "config.yaml"
 TUNE_DIR = "tune"
@@ -171,13 +174,13 @@ def check_resources(cfg: ExperimentConfig) -> None:
             )
 
 
-def record_of(result: dict[str, Any], config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def record_of(result: dict[str, Any], spec: TrialSpec, **extra: Any) -> dict[str, Any]:
     record = {field: result.get(field) for field in RESULT_FIELDS}
     record.update(
-        genotype=config["genotype"],
-        key=config.get("genotype_key") or result.get("genotype_key"),
-        controller_step=config.get("controller_step"),
-        candidate_id=config.get("candidate_id"),
+        genotype=spec.genotype,
+        key=spec.genotype_key or result.get("genotype_key"),
+        controller_step=spec.controller_step,
+        candidate_id=spec.candidate_id,
         metrics={k[5:]: v for k, v in result.items() if k.startswith("coco/")},
         time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **extra,
@@ -251,7 +254,8 @@ class RecordCallback(tune.Callback):
         if trial.trial_id in self.recorded:
             return
         extra = {} if self.stage is None else {"stage": self.stage}
-        record = record_of(result, trial.config, trial_id=trial.trial_id, baseline=False, **extra)
+        spec = TrialSpec.from_config(trial.config)
+        record = record_of(result, spec, trial_id=trial.trial_id, baseline=False, **extra)
         with RecordWriter(self.path) as writer:
             writer.append(record)
         self.recorded.add(trial.trial_id)
@@ -264,7 +268,7 @@ class RecordCallback(tune.Callback):
         self._write(trial, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, {"status": "error", "message": "the trial process failed"})
+        self._write(trial, {"status": Status.ERROR, "message": "the trial process failed"})
 
 
 def trial_dirname(trial) -> str:
@@ -332,7 +336,7 @@ def run_search(
     records = exp_dir / RECORD_FILE
     done = {r.get("trial_id") for r in read_records(records)} if records.is_file() else set()
     log(
-        f"search {cfg.name}: {cfg.search.controller} over {cfg.search.space} ({space.size():.3g} architectures), "
+        f"search {cfg.name}: {cfg.search.controller} over {cfg.search.space} ({approx_count(space.size())} architectures), "
         f"{cfg.search.num_architectures} to evaluate; "
         f"{'resuming' if resume else 'writing'} {exp_dir}"
     )
@@ -346,7 +350,7 @@ def run_search(
             result = evaluate_repeated(genotype, cfg, datasets=datasets).to_dict()
         record = record_of(
             result,
-            {"genotype": genotype.to_dict(), "genotype_key": genotype.key()},
+            TrialSpec(genotype=genotype.to_dict(), genotype_key=genotype.key()),
             trial_id=f"baseline-{name}",
             baseline=True,
         )
@@ -483,10 +487,10 @@ def reevaluate_top(
         for rank, a in enumerate(best, start=1)
         for seed in seeds
     ]
-    if log is not None:
-        log(
-            f"re-evaluating the best {len(best)} with {option.seeds} more seed(s) each: {len(jobs)} runs"
-        )
+    log = log or silent
+    log(
+        f"re-evaluating the best {len(best)} with {option.seeds} more seed(s) each: {len(jobs)} runs"
+    )
     run_score_jobs(
         jobs,
         {"proxy": cfg},
@@ -531,7 +535,7 @@ def format_top(
         ap50 = r.get("ap50") if r.get("ap50") is not None else float("nan")
         lines.append(
             f"{name:<10}{r['key']:<18}{reward_text:>{width}}{ap:>7.3f}{ap50:>7.3f}"
-            f"{(r.get('params') or 0):>11,}{(r.get('flops') or 0) / 1e9:>8.2f}  {r['status']}"
+            f"{(r.get('params') or 0):>11,}{(r.get('macs') or 0) / 1e9:>8.2f}  {r['status']}"
         )
     searched = [r for r in records if not r.get("baseline") and is_successful(r)]
     failed = sum(1 for r in records if not is_successful(r))

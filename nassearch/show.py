@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from nassearch.errors import NasSearchError
-from nassearch.search_spaces import SPACE_NAMES, Genotype, named_genotypes, resolve_genotype
+from nassearch.errors import NasSearchError, first_line
+from nassearch.search_spaces import Genotype, named_genotypes, resolve_genotype, space_names
 
 NODE_RADIUS = 0.32
 COLORS = {
@@ -34,9 +34,9 @@ def load_genotype(source: str) -> tuple[Genotype, dict[str, Any]]:
     """
     if ":" in source and not Path(source).exists():
         space, _, name = source.partition(":")
-        if space not in SPACE_NAMES:
+        if space not in space_names():
             raise NasSearchError(
-                f"{source}: unknown space {space!r} (expected {', '.join(SPACE_NAMES)})"
+                f"{source}: unknown space {space!r} (expected {', '.join(space_names())})"
             )
         named = named_genotypes(space)
         if name not in named:
@@ -52,7 +52,7 @@ def load_genotype(source: str) -> tuple[Genotype, dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise NasSearchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise NasSearchError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     if not isinstance(data, dict):
         raise NasSearchError(f"{path}: expected a mapping")
     if "model" in data:  # an experiment config
@@ -68,8 +68,8 @@ def load_genotype(source: str) -> tuple[Genotype, dict[str, Any]]:
         stacks = cfg.model.neck.stacks if cfg.model.neck.type == "nasfpn" else 1
         return genotype, {"title": cfg.name, "stacks": stacks}
     space = data.get("space") or (data.get("genotype") or {}).get("space")
-    if space not in SPACE_NAMES:
-        raise NasSearchError(f"{path}: no `space` field naming one of {', '.join(SPACE_NAMES)}")
+    if space not in space_names():
+        raise NasSearchError(f"{path}: no `space` field naming one of {', '.join(space_names())}")
     try:
         genotype = resolve_genotype(str(path), space)
     except NasSearchError as exc:

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 from nassearch.config import ExperimentConfig
+from nassearch.data.build import num_classes
 from nassearch.detectors.build import build_detector, model_genotype
 from nassearch.detectors.complexity import PARTS, measure_complexity
 
-COCO_CLASSES = 80
 
-
-def default_num_classes(cfg: ExperimentConfig) -> int:
-    """Class count without reading the data: the config's, the synthetic set's, or COCO's 80."""
-    if cfg.model.num_classes is not None:
-        return cfg.model.num_classes
-    if cfg.data.type == "synthetic":
-        from nassearch.data.synthetic import SHAPES
-
-        return len(SHAPES)
-    return COCO_CLASSES
-
-
-def summarize(cfg: ExperimentConfig, input_size: int | None = None) -> dict:
-    """Build the config's detector (random weights, no data read) and measure it."""
-    size = (input_size, input_size) if input_size else cfg.input.network_size()
-    num_classes = default_num_classes(cfg)
-    model = build_detector(cfg.model, num_classes)
+def summarize(cfg: ExperimentConfig, input_size: int | tuple[int, int] | None = None) -> dict:
+    """Build the config's detector (random weights, no data read) and measure it at `input_size`
+    (a side, or height and width; default: the config's network input)."""
+    if input_size is None:
+        size = cfg.input.network_size()
+    elif isinstance(input_size, int):
+        size = (input_size, input_size)
+    else:
+        size = tuple(input_size)
+    classes = num_classes(cfg)
+    model = build_detector(cfg.model, classes)
     cost = measure_complexity(model, size)
     genotype = model_genotype(cfg.model)
     return {
@@ -33,7 +27,7 @@ def summarize(cfg: ExperimentConfig, input_size: int | None = None) -> dict:
         "backbone": f"ResNet-{cfg.model.backbone.depth}",
         "neck": cfg.model.neck.type,
         "genotype_key": genotype.key() if genotype is not None else None,
-        "num_classes": num_classes,
+        "num_classes": classes,
         **cost.to_dict(),
     }
 

@@ -8,28 +8,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nassearch.atomic import atomic_write_text
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
-from nassearch.data.build import build_dataset
+from nassearch.console import silent
+from nassearch.data.build import build_dataset, num_classes
 from nassearch.data.coco import CocoDetection
 from nassearch.detectors.build import build_detector
 from nassearch.device import resolve_device
 from nassearch.distributed import DistributedContext
+from nassearch.engine.checkpoint import load_model_weights
+from nassearch.engine.evaluate import COCO_METRIC_NAMES, evaluate_detector
+from nassearch.engine.trainer import Trainer
 from nassearch.errors import NasSearchError
-from nassearch.proxy_eval.checkpoint import load_model_weights
-from nassearch.proxy_eval.evaluate import COCO_METRIC_NAMES, evaluate_detector
-from nassearch.proxy_eval.trainer import Trainer
+from nassearch.status import Status
 from nassearch.stop_signal import StopOnSignal
-
-
-def resolve_num_classes(cfg: ExperimentConfig, dataset: CocoDetection) -> int:
-    """The dataset decides the class count; a config value must agree with it."""
-    found = len(dataset.cat_ids)
-    wanted = cfg.model.num_classes
-    if wanted is not None and wanted != found:
-        raise NasSearchError(
-            f"model.num_classes: {wanted} given but the dataset has {found} categories"
-        )
-    return found
 
 
 def build_model_and_data(
@@ -43,7 +35,7 @@ def build_model_and_data(
             "data: training and validation annotation files list different categories "
             f"({len(train_set.cat_ids)} vs {len(val_set.cat_ids)})"
         )
-    model = build_detector(cfg.model, resolve_num_classes(cfg, val_set), seed=cfg.seed)
+    model = build_detector(cfg.model, num_classes(cfg, val_set), seed=cfg.seed)
     return model, train_set, val_set
 
 
@@ -77,7 +69,7 @@ def run_train(
     """
     main = distributed is None or distributed.is_main
     if not main:
-        log = _silent
+        log = silent
     run_dir = cfg.run_dir()
     last = run_dir / "checkpoints" / "last.pth"
     if resume and not last.is_file():
@@ -144,7 +136,7 @@ def run_train(
     if not main:
         return summary
     _write_json(run_dir / "metrics.json", summary)
-    if result.status != "ok":
+    if result.status != Status.OK:
         log(f"training stopped: {result.status}: {result.message}")
     elif result.metrics:
         log(format_metrics(result.metrics))
@@ -181,11 +173,5 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return f"COCO bbox (%)\n{head}\n{vals}"
 
 
-def _silent(*_: object) -> None:
-    """The log of ranks other than 0."""
-
-
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

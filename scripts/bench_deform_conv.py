@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from nassearch.search_spaces.deform_conv import deform_conv2d, torchvision_available
+from nassearch.detectors.ops.deform_conv import deform_conv2d, torchvision_available
 
 
 def _sync(device: torch.device) -> None:

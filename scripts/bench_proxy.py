@@ -213,7 +213,7 @@ def run_all(
                 "message": result.message,
                 "reward": result.reward,
                 "params": result.params,
-                "flops": result.flops,
+                "macs": result.macs,
                 "latency_ms": result.latency_ms,
             }
             runs.append(run)

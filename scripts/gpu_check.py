@@ -215,7 +215,7 @@ def measure_peak(genotype: Any, cfg: ExperimentConfig, datasets: Any) -> dict[st
         "peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None,
         "params": result.params,
-        "flops": result.flops,
+        "macs": result.macs,
     }
 
 

@@ -62,9 +62,9 @@ def measure(graph: Path, work: Path, offset_scales: list[float]) -> dict[str, An
     """One process's measurements (see the module docstring)."""
     import torch
 
+    from nassearch.detectors.ops.deform_conv import ModulatedDeformConv2d
     from nassearch.onnx_check import run_onnx
     from nassearch.onnx_export import RawHeadOutputs, output_names
-    from nassearch.search_spaces.deform_conv import ModulatedDeformConv2d
 
     torch.set_num_threads(1)
     _, _, detector = test_model(work)

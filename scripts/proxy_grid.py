@@ -3,8 +3,9 @@
 The same architectures (FPN plus seeded samples of the search space) are scored under every
 setting of the grid with several seeds each, and once under a reference recipe (the base
 config's `longer` reference of `nassearch fidelity`, scored by AP or by --reference-metric).
-Per setting: the seconds of training per architecture, the ICC of its seed noise and Kendall's
-tau (bootstrap 95% interval) between its seed-mean reward and the reference. All runs go through
+Per setting: the median seconds of training per architecture and seed, the ICC of its seed
+noise, and Kendall's tau (bootstrap 95% interval) and Spearman's rho between its seed-mean
+reward and the reference. All runs go through
 `run_score_jobs` as one Ray Tune job per setting and are kept in OUT/scores-*.jsonl, so an
 interrupted grid resumes. Prints a markdown table, writes OUT/proxy_grid.json and
 OUT/proxy_grid.png (tau against seconds per architecture).
@@ -72,6 +73,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("--setting", action="append", required=True)
+    parser.add_argument(
+        "--set",
+        dest="base_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override of the base config (and so of the reference and every setting)",
+    )
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--reference-metric", default="ap", choices=("ap", "ap50", "reward"))
@@ -83,7 +92,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = load_config(args.config)
+    base = load_config(args.config, args.base_overrides)
     genotypes = architectures(base, args.archs, base.seed)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     resources = {"cpu": base.search.cpus_per_trial, "gpu": base.search.gpus_per_trial}
@@ -109,9 +118,10 @@ def main() -> None:
     rows = []
     for index, text in enumerate(args.setting):
         label, overrides, views = parse_setting(text)
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, args.base_overrides + overrides)
         scores = score(f"setting{index}", cfg, [cfg.seed + j for j in range(args.seeds)])
-        seconds = statistics.fmean(s.train_seconds or 0.0 for s in scores)
+        # The median: robust to the odd run slowed by other work on the machine.
+        seconds = statistics.median(s.train_seconds or 0.0 for s in scores)
         for view in views:
             by_key: dict[str, list[float]] = {}
             for s in scores:
@@ -164,10 +174,10 @@ def main() -> None:
             f"| {r['setting']} | {r['seconds_per_arch']:.1f} | {r['icc']:.2f} | {tau} "
             f"| {r['rho']:+.2f} |"
         )
-    ref_seconds = statistics.fmean(s.train_seconds or 0.0 for s in reference)
+    ref_seconds = statistics.median(s.train_seconds or 0.0 for s in reference)
     table.append(
         f"\nReference: {len(ref)} architectures, one seed each, {ref_seconds:.1f} s of training "
-        f"per architecture; s/arch is training seconds per architecture and seed."
+        f"per architecture (median); s/arch is the median training seconds per architecture and seed."
     )
     print("\n".join(table))
     summary = {
@@ -186,26 +196,41 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 5.0), dpi=120)
+    settings = list(dict.fromkeys(r["setting"].rsplit(", ", 1)[0] for r in rows))
+    markers = {"ap": "o", "ap50": "s", "neg_loss": "^"}
+    colours = plt.get_cmap("tab10")
     for r in rows:
-        if math.isfinite(r["tau"]):
-            ax.errorbar(
-                r["seconds_per_arch"],
-                r["tau"],
-                yerr=[[r["tau"] - r["tau_low"]], [r["tau_high"] - r["tau"]]],
-                fmt="o",
-                capsize=3,
-            )
-            ax.annotate(
-                f"{r['setting']} (ICC {r['icc']:.2f})",
-                (r["seconds_per_arch"], r["tau"]),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
-    ax.set_xlabel("training seconds per architecture")
+        if not math.isfinite(r["tau"]):
+            continue
+        label, score = r["setting"].rsplit(", ", 1)
+        index = settings.index(label)
+        shift = list(markers).index(score) - 1 if score in markers else 0
+        ax.errorbar(
+            r["seconds_per_arch"] * (1 + 0.02 * shift),
+            r["tau"],
+            yerr=[[r["tau"] - r["tau_low"]], [r["tau_high"] - r["tau"]]],
+            fmt=markers.get(score, "D"),
+            color=colours(index % 10),
+            capsize=3,
+            alpha=0.85,
+        )
+    handles = [
+        plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="", label=label)
+        for i, label in enumerate(settings)
+    ] + [
+        plt.Line2D([], [], color="grey", marker=m, linestyle="", label=f"reward {score}")
+        for score, m in markers.items()
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds per architecture and seed (log scale)")
     ax.set_ylabel(f"Kendall tau vs reference {args.reference_metric}")
-    ax.set_title(f"proxy grid: {len(genotypes)} architectures, {args.seeds} seeds", fontsize=9)
+    ax.set_title(
+        f"proxy grid: {len(genotypes)} architectures; tau of the mean of {args.seeds} seeds "
+        "(95% bootstrap)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "proxy_grid.png")

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from nassearch.config import load_config
 from nassearch.distributed import init_distributed, shutdown_distributed
-from nassearch.proxy_eval.trainer import Trainer
+from nassearch.engine.trainer import Trainer
 from nassearch.train import build_model_and_data
 
 

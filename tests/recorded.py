@@ -19,7 +19,7 @@ def record(genotype, reward, trial_id, *, params=1000, status="ok", baseline=Fal
         "ap50": None if reward is None else reward + 0.2,
         "val_loss": 1.5,
         "params": params,
-        "flops": 2_500_000_000,
+        "macs": 2_500_000_000,
         "latency_ms": 12.5,
         "train_seconds": 30.0,
         "genotype": genotype.to_dict(),

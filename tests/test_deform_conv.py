@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nassearch.errors import NasSearchError
-from nassearch.search_spaces import deform_conv
-from nassearch.search_spaces.deform_conv import (
+from nassearch.detectors.ops import deform_conv
+from nassearch.detectors.ops.deform_conv import (
     ModulatedDeformConv2d,
     deform_conv2d,
     torchvision_available,
 )
+from nassearch.errors import NasSearchError
 
 F64 = torch.float64
 

@@ -19,8 +19,8 @@ from nassearch.config import validate_config
 from nassearch.data.build import build_dataset
 from nassearch.detectors.build import build_detector
 from nassearch.distributed import DistributedContext, init_distributed
+from nassearch.engine.trainer import GlobalBatchSampler, Trainer, epoch_order
 from nassearch.errors import NasSearchError
-from nassearch.proxy_eval.trainer import GlobalBatchSampler, Trainer, epoch_order
 
 TORCHRUN_ENV = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "0", "LOCAL_RANK": "0"}
 

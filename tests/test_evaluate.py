@@ -12,8 +12,7 @@ import torch
 from pycocotools.coco import COCO
 from torch import nn
 
-from nassearch.errors import NasSearchError
-from nassearch.proxy_eval.evaluate import (
+from nassearch.engine.evaluate import (
     COCO_METRIC_NAMES,
     boxes_to_original,
     coco_evaluate,
@@ -21,6 +20,7 @@ from nassearch.proxy_eval.evaluate import (
     predict,
     validation_loss,
 )
+from nassearch.errors import NasSearchError
 
 CPU = torch.device("cpu")
 # COCOeval computes precision as tp / (tp + fp + eps), so a perfect AP is 1 - O(1e-16), not exactly 1.

@@ -22,15 +22,22 @@ def test_quickstart_is_a_cpu_search_of_at_least_20_architectures_plus_fpn():
     assert cfg.search.space == "nasfpn" and cfg.search.num_architectures >= 20
     assert cfg.search.baselines == ["FPN"] and cfg.search.gpus_per_trial == 0
     assert cfg.search.cpus_per_trial * cfg.search.max_concurrent <= 2  # this 2-core machine
-    assert cfg.proxy.reward == "ap" and not uses_feature_cache(cfg)
+    # The proxy the README's grid chose: frozen random backbone on cached features, AP50, 2 seeds.
+    assert cfg.proxy.reward == "ap50" and cfg.proxy.repeats == 2 and uses_feature_cache(cfg)
+    assert cfg.model.backbone.weights is None and cfg.model.backbone.frozen_stages == 4
 
 
-def test_demo_cpu_is_the_quickstart_proxy_searched_longer_and_reevaluated():
-    demo = load_config(EXPERIMENTS / "demo_cpu.yaml")
+@pytest.mark.parametrize("name", ["demo_cpu.yaml", "demo_cpu_96px.yaml"])
+def test_demo_cpu_is_a_trained_backbone_proxy_searched_longer_and_reevaluated(name):
+    demo = load_config(EXPERIMENTS / name)
     quick = load_config(EXPERIMENTS / "quickstart.yaml")
-    # The same proxy task as the quickstart, so the quickstart's fidelity figures apply to it.
-    for section in ("input", "model", "train", "proxy"):
-        assert getattr(demo, section) == getattr(quick, section), section
+    # The quickstart's detector and training, with a trained backbone (the end-to-end retraining
+    # starts from the search config) at the grid's input size and reward.
+    assert (demo.input.size, demo.proxy.reward) == (
+        (64, "ap50") if name == "demo_cpu.yaml" else (96, "ap")
+    )
+    assert not uses_feature_cache(demo) and demo.model.backbone.frozen_stages == -1
+    assert demo.model.neck == quick.model.neck and demo.train == quick.train
     assert demo.search.num_architectures >= 100 and demo.search.controller_options == {}
     assert (demo.search.reevaluate_top.k, demo.search.reevaluate_top.seeds) == (5, 2)
     assert demo.search.cpus_per_trial * demo.search.max_concurrent <= 2

@@ -154,10 +154,10 @@ def test_export_writes_loadable_files(tmp_path, ranked_records):
         arch = yaml.safe_load(e.arch_path.read_text())
         assert arch["genotype"] == want["genotype"] and arch["space"] == "nasfpn"
         metrics = arch["proxy_metrics"]
-        assert (metrics["reward"], metrics["params"], metrics["flops"]) == (
+        assert (metrics["reward"], metrics["params"], metrics["macs"]) == (
             want["reward"],
             want["params"],
-            want["flops"],
+            want["macs"],
         )
         prov = arch["provenance"]
         assert prov["trial_id"] == e.trial_id and prov["controller_step"] == 1
@@ -295,6 +295,18 @@ def test_search_recipe_keeps_the_search_settings_and_builds(tmp_path):
     assert model_genotype(retrain.model).key() == heads[1].key()
     assert type(detector).__name__ == "FCOS" and detector.num_classes == 6
     assert resolve_genotype(str(exported[0].arch_path), "nasfcos").key() == heads[1].key()
+
+
+def test_search_recipe_trains_a_backbone_the_proxy_kept_frozen_and_random(tmp_path):
+    """The quickstart's proxy caches features of a frozen random backbone; the retrain must not."""
+    cfg = search_config(tmp_path)
+    cfg["model"]["backbone"].update(frozen_stages=4, norm_eval=True)
+    exp = make_experiment(tmp_path, [record(NASFPN["PAPER"], 0.3, "t1")], cfg)
+    exported = export_top(exp, 1, recipe="search", log=None)
+    retrain = load_config(exported[0].retrain_path)
+    assert (retrain.model.backbone.frozen_stages, retrain.model.backbone.norm_eval) == (-1, False)
+    assert "frozen random backbone trains here" in exported[0].retrain_path.read_text()
+    assert load_config(exp / "config.yaml").model.backbone.frozen_stages == 4  # search unchanged
 
 
 @pytest.mark.parametrize("recipe", ["paper", "search"])

@@ -13,7 +13,8 @@ from nassearch.data.collate import collate_detection
 from nassearch.data.synthetic import generate_synthetic
 from nassearch.detectors.backbones import build_backbone
 from nassearch.detectors.fcos import FCOS, FCOSHead
-from nassearch.detectors.fpn import FPN
+from nassearch.detectors.necks.fpn import FPN
+from nassearch.engine.trainer import Trainer
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.feature_cache import (
     CachedFeatureDataset,
@@ -24,7 +25,6 @@ from nassearch.proxy_eval.feature_cache import (
     pack_features,
     unpack_features,
 )
-from nassearch.proxy_eval.trainer import Trainer
 
 CPU = torch.device("cpu")
 

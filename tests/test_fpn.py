@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nassearch.detectors.fpn import FPN
+from nassearch.detectors.necks.fpn import FPN
 from nassearch.errors import NasSearchError
 
 IN_CHANNELS = [16, 24, 40]

@@ -13,8 +13,8 @@ import torch
 from nassearch.config import validate_config
 from nassearch.data.build import build_dataset
 from nassearch.detectors.build import build_detector
-from nassearch.proxy_eval.evaluate import evaluate_detector
-from nassearch.proxy_eval.trainer import Trainer
+from nassearch.engine.evaluate import evaluate_detector
+from nassearch.engine.trainer import Trainer
 
 HEADS = {
     "retinanet": {"num_convs": 1, "feat_channels": 64, "head_norm": "gn"},

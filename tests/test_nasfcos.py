@@ -20,23 +20,24 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nassearch.detectors.fcos import FCOS, FCOSHead
-from nassearch.errors import NasSearchError
-from nassearch.search_spaces.nasfcos import (
-    PAPER,
-    PAPER_FPN_ONLY,
-    HeadGenotype,
-    NASFCOSGenotype,
-    NASFCOSHead,
-    NASFCOSSpace,
-)
-from nassearch.search_spaces.ops import (
-    AGG_OPS,
-    FPN_OPS,
-    HEAD_OPS,
+from nassearch.detectors.heads.nasfcos import NASFCOSHead
+from nassearch.detectors.necks.nasfcos import NASFCOSNeck
+from nassearch.detectors.ops.nasfcos_ops import (
     ConcatReduce,
     ParamSum,
     build_fpn_op,
     build_head_op,
+)
+from nassearch.errors import NasSearchError
+from nassearch.search_spaces.nasfcos import (
+    AGG_OPS,
+    FPN_OPS,
+    HEAD_OPS,
+    PAPER,
+    PAPER_FPN_ONLY,
+    HeadGenotype,
+    NASFCOSGenotype,
+    NASFCOSSpace,
 )
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
@@ -53,6 +54,20 @@ R50_CHANNELS = [256, 512, 1024, 2048]  # C2..C5
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def build_neck(genotype: NASFCOSGenotype, in_channels, out_channels: int, **kwargs) -> NASFCOSNeck:
+    return NASFCOSNeck(genotype.fpn, in_channels, out_channels, **kwargs)
+
+
+def build_head(
+    genotype: NASFCOSGenotype, in_channels: int, num_classes: int, **kwargs
+) -> nn.Module:
+    """The searched head, or the stock FCOS head for FPN-only genotypes (as build_fcos does)."""
+    if not NASFCOSHead.searched_by(genotype):
+        return FCOSHead(in_channels, num_classes)
+    head = genotype.head
+    return NASFCOSHead(in_channels, num_classes, head.ops, head.share, **kwargs)
 
 
 def _params(module: nn.Module) -> int:
@@ -345,10 +360,8 @@ def _features(channels=(8, 16, 24, 32), size=(128, 128), batch=1, seed=0) -> lis
 def test_sampled_genotypes_build_and_run(draws: list[int]) -> None:
     space = NASFCOSSpace(part="both")
     g = space.decode(_walk(space, draws))
-    neck = space.build_neck(
-        g, [8, 16, 24, 32], 32, upsample="bilinear" if draws[0] % 2 else "nearest"
-    )
-    head = space.build_head(g, 32, 3, gn_groups=8)  # GN(32) on 32 channels fails on 1x1 maps
+    neck = build_neck(g, [8, 16, 24, 32], 32, upsample="bilinear" if draws[0] % 2 else "nearest")
+    head = build_head(g, 32, 3, gn_groups=8)  # GN(32) on 32 channels fails on 1x1 maps
     assert ("C2" in neck.adapt) == any(0 in c[:2] for c in g.fpn)
     levels = neck(_features(size=(64, 96)))
     assert [tuple(p.shape) for p in levels] == [
@@ -360,14 +373,13 @@ def test_sampled_genotypes_build_and_run(draws: list[int]) -> None:
 
 
 def test_paper_parameter_counts_match_mmdetection() -> None:
-    space = NASFCOSSpace()
-    neck = space.build_neck(PAPER, R50_CHANNELS, 256)
+    neck = build_neck(PAPER, R50_CHANNELS, 256)
     assert _params(neck) == 10_690_696  # mmdet NASFCOS_FPN, R-50, 256 channels
     assert "C2" not in neck.adapt and sorted(neck.adapt) == ["C3", "C4", "C5"]
-    assert _params(space.build_neck(PAPER, R50_CHANNELS[1:], 256)) == 10_690_696
-    head = space.build_head(PAPER, 256, 80)
+    assert _params(build_neck(PAPER, R50_CHANNELS[1:], 256)) == 10_690_696
+    head = build_head(PAPER, 256, 80)
     assert isinstance(head, NASFCOSHead) and _params(head) == 4_368_946  # mmdet NASFCOSHead
-    stock = space.build_head(PAPER_FPN_ONLY, 256, 80)
+    stock = build_head(PAPER_FPN_ONLY, 256, 80)
     assert isinstance(stock, FCOSHead) and _params(stock) == _params(FCOSHead(256, 80)) == 4_918_618
 
 
@@ -384,8 +396,7 @@ def test_neck_wiring_matches_hand_written_forward(upsample: str) -> None:
         [2, 2, 3, 3, 0],  # f9 = 2 C4                  (s16) -> P3
     ]
     g = NASFCOSGenotype(fpn=cells)
-    space = NASFCOSSpace(part="fpn", num_cells=6)
-    neck = space.build_neck(g, [8, 16, 24, 32], 32, upsample=upsample).eval()
+    neck = build_neck(g, [8, 16, 24, 32], 32, upsample=upsample).eval()
     feats = _features(size=(96, 160))
     with torch.no_grad():
         out = neck(feats)
@@ -420,7 +431,7 @@ def test_neck_wiring_matches_hand_written_forward(upsample: str) -> None:
 def test_neck_refuses_c2_genotype_without_c2_input() -> None:
     cells = [[0, 3, 3, 3, 0]] + RELEASED_FPN[1:]
     with pytest.raises(NasSearchError, match="C2"):
-        NASFCOSSpace().build_neck(NASFCOSGenotype(fpn=cells), [16, 24, 32], 32)
+        build_neck(NASFCOSGenotype(fpn=cells), [16, 24, 32], 32)
 
 
 def test_psum_and_cat_aggregations() -> None:
@@ -444,7 +455,7 @@ def test_psum_and_cat_aggregations() -> None:
 
 
 def test_def_conv_op_layout() -> None:
-    cell = NASFCOSSpace().build_neck(PAPER, R50_CHANNELS, 32).cells[0]
+    cell = build_neck(PAPER, R50_CHANNELS, 32).cells[0]
     dcn = cell.op1[0]
     assert dcn.deform_groups == 2 and dcn.bias is not None
     assert dcn.conv_offset.out_channels == 2 * 3 * 9
@@ -498,7 +509,6 @@ def test_share_index_semantics_in_forward() -> None:
 
 def test_nas_head_drop_in_for_fcos_detector() -> None:
     torch.manual_seed(0)
-    space = NASFCOSSpace()
 
     class Stub(nn.Module):
         """Backbone stand-in: C2..C5 by strided average pooling and a 1x1 conv."""
@@ -512,8 +522,8 @@ def test_nas_head_drop_in_for_fcos_detector() -> None:
                 conv(F.avg_pool2d(x, s)) for conv, s in zip(self.convs, (4, 8, 16, 32), strict=True)
             ]
 
-    neck = space.build_neck(PAPER, [8, 16, 24, 32], 32)
-    head = space.build_head(PAPER, 32, 3)
+    neck = build_neck(PAPER, [8, 16, 24, 32], 32)
+    head = build_head(PAPER, 32, 3)
     assert head.strides == (8, 16, 32, 64, 128) and head.num_classes == 3 and head.num_levels == 5
     model = FCOS(Stub(), neck, head, 3)
     images = torch.randn(2, 3, 64, 96)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nassearch.detectors.necks.nasfpn import NASFPNNeck, merge
 from nassearch.errors import NasSearchError
 from nassearch.search_spaces.nasfpn import (
     FPN,
@@ -18,7 +19,6 @@ from nassearch.search_spaces.nasfpn import (
     NASFPNCell,
     NASFPNGenotype,
     NASFPNSpace,
-    merge,
 )
 
 FEW = settings(max_examples=25, deadline=None, derandomize=True)
@@ -254,13 +254,12 @@ def test_key_changes_with_every_field():
 @pytest.mark.parametrize("style", ["tensorflow", "mmdet"])
 def test_equal_keys_build_equal_networks(style):
     """Swapping inputs (sum, GP across levels, GP on a level tie) gives the same function."""
-    space = NASFPNSpace()
     tie = PAPER.cells[1]._replace(op="global_pool")  # entries 5 and 1 are both level 4
     g1 = NASFPNGenotype((PAPER.cells[0], tie, *PAPER.cells[2:]))
     g2 = NASFPNGenotype(tuple(c._replace(input1=c.input2, input2=c.input1) for c in g1.cells))
     assert g1.key() == g2.key()
-    n1 = space.build_neck(g1, IN_CHANNELS, 16, style=style).eval()
-    n2 = space.build_neck(g2, IN_CHANNELS, 16, style=style).eval()
+    n1 = NASFPNNeck(g1, IN_CHANNELS, 16, style=style).eval()
+    n2 = NASFPNNeck(g2, IN_CHANNELS, 16, style=style).eval()
     n2.load_state_dict(n1.state_dict())
     feats = make_feats(128, 128)
     for a, b in zip(n1(feats), n2(feats), strict=True):
@@ -393,7 +392,7 @@ def num_params(module):
 )
 def test_sampled_genotypes_build_and_run(actions, style, stacks, image):
     space = NASFPNSpace()
-    neck = space.build_neck(space.decode(actions), IN_CHANNELS, 16, stacks=stacks, style=style)
+    neck = NASFPNNeck(space.decode(actions), IN_CHANNELS, 16, stacks=stacks, style=style)
     assert neck.out_channels == 16
     assert num_params(neck) == expected_params(IN_CHANNELS, 16, stacks, style)
     feats = make_feats(*image)
@@ -412,7 +411,7 @@ def test_odd_input_sizes():
     """96x160: C3..C5 are 12x20, 6x10, 3x5; P6, P7 are 2x3 and 1x2."""
     for genotype in (PAPER, FPN):
         for style in ("tensorflow", "mmdet"):
-            neck = NASFPNSpace().build_neck(genotype, IN_CHANNELS, 16, stacks=2, style=style)
+            neck = NASFPNNeck(genotype, IN_CHANNELS, 16, stacks=2, style=style)
             outs = neck(make_feats(96, 160))
             assert [tuple(o.shape[-2:]) for o in outs] == [
                 (12, 20),
@@ -424,16 +423,15 @@ def test_odd_input_sizes():
 
 
 def test_parameter_counts():
-    space = NASFPNSpace()
     r50 = [512, 1024, 2048]
-    mmdet = space.build_neck(PAPER, r50, 256, stacks=7, style="mmdet")
+    mmdet = NASFPNNeck(PAPER, r50, 256, stacks=7, style="mmdet")
     assert num_params(mmdet) == 29_990_144  # mmdetection NASFPN(stack_times=7), R-50, BN
     assert num_params(mmdet) == expected_params(r50, 256, 7, "mmdet")
     for style in ("tensorflow", "mmdet"):
         for stacks in (1, 7):
-            neck = space.build_neck(PAPER, r50, 256, stacks=stacks, style=style)
+            neck = NASFPNNeck(PAPER, r50, 256, stacks=stacks, style=style)
             assert num_params(neck) == expected_params(r50, 256, stacks, style)
-    assert num_params(space.build_neck(PAPER, r50, 256, stacks=7)) == 29_845_504
+    assert num_params(NASFPNNeck(PAPER, r50, 256, stacks=7)) == 29_845_504
     # mmdet: the P6/P7 1x1 convs carry no bias (BN follows); cell convs do.
     assert all(m[0].bias is None for m in mmdet.extra)
     assert all(cell[1].bias is not None for cell in mmdet.stacks[0].cells)
@@ -465,7 +463,7 @@ def paper_stack_reference(cells, p, style):
 
 @pytest.mark.parametrize("style", ["tensorflow", "mmdet"])
 def test_paper_neck_matches_hand_reference(style):
-    neck = NASFPNSpace().build_neck(PAPER, IN_CHANNELS, 16, stacks=2, style=style).eval()
+    neck = NASFPNNeck(PAPER, IN_CHANNELS, 16, stacks=2, style=style).eval()
     feats = make_feats(256, 128)
     with torch.no_grad():
         pyramid = [lat(f) for lat, f in zip(neck.lateral, feats, strict=True)]
@@ -479,7 +477,7 @@ def test_paper_neck_matches_hand_reference(style):
 
 
 def test_unused_layer_rule_feeds_inputs_p5_and_p7():
-    neck = NASFPNSpace().build_neck(PAPER, IN_CHANNELS, 16).eval()
+    neck = NASFPNNeck(PAPER, IN_CHANNELS, 16).eval()
     stack = neck.stacks[0]
     g = torch.Generator().manual_seed(1)
     pyramid = [torch.randn(1, 16, s, s, generator=g, requires_grad=True) for s in (16, 8, 4, 2, 1)]
@@ -528,12 +526,12 @@ def test_neck_option_errors():
         ({"norm": "gn"}, "divisible by 32"),
     ):
         with pytest.raises(NasSearchError, match=needle):
-            space.build_neck(PAPER, IN_CHANNELS, 16, **kwargs)
+            NASFPNNeck(PAPER, IN_CHANNELS, 16, **kwargs)
     with pytest.raises(NasSearchError, match="in_channels"):
-        space.build_neck(PAPER, [8, 16], 16)
+        NASFPNNeck(PAPER, [8, 16], 16)
     with pytest.raises(NasSearchError, match="expected 8 cells, got 7"):
-        NASFPNSpace(num_cells=8).build_neck(PAPER, IN_CHANNELS, 16)
-    neck = space.build_neck(PAPER.to_dict(), IN_CHANNELS, 16)  # a plain dict works too
+        NASFPNSpace(num_cells=8).genotype_from_dict(PAPER.to_dict())
+    neck = NASFPNNeck(space.genotype_from_dict(PAPER.to_dict()), IN_CHANNELS, 16)
     with pytest.raises(NasSearchError, match="3 feature maps"):
         neck(make_feats(128, 128)[:2])
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from nassearch.detectors.ops import deform_conv
+from nassearch.detectors.ops.deform_conv import ModulatedDeformConv2d
 from nassearch.errors import NasSearchError
 from nassearch.onnx_check import (
     DEFAULT_TOLERANCE,
@@ -23,8 +25,6 @@ from nassearch.onnx_check import (
     output_errors,
     run_onnx,
 )
-from nassearch.search_spaces import deform_conv
-from nassearch.search_spaces.deform_conv import ModulatedDeformConv2d
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

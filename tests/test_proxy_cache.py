@@ -63,7 +63,7 @@ def test_cached_trial_matches_live_frozen_trial(tmp_path):
     assert cached.reward == pytest.approx(live.reward, rel=1e-5)
     assert cached.metrics == pytest.approx(live.metrics, abs=1e-6)
     # Costs always count the whole detector, backbone included.
-    assert cached.params == live.params and cached.flops == live.flops
+    assert cached.params == live.params and cached.macs == live.macs
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ from nassearch.proxy_eval import proxy_task
 from nassearch.proxy_eval.proxy_data import proxy_datasets
 from nassearch.proxy_eval.proxy_task import (
     apply_cost,
-    candidate_config,
     evaluate_candidate,
 )
 from nassearch.search_spaces.nasfpn import FPN, PAPER
@@ -72,17 +71,19 @@ def test_ok_result_reports_ap_and_costs(cache_dir, monkeypatch):
     monkeypatch.setattr(
         proxy_task,
         "build_detector",
-        lambda model_cfg, n, **kw: built.append(model_cfg) or real(model_cfg, n, **kw),
+        lambda model_cfg, n, genotype=None, **kw: (
+            built.append(genotype) or real(model_cfg, n, genotype, **kw)
+        ),
     )
     result = evaluate_candidate(PAPER, cfg)
     assert result.status == "ok", result.message
     assert result.reward == result.ap == result.metrics["AP"]
     assert result.genotype_key == PAPER.key()
-    # The trained network is PAPER's, not the config's FPN genotype.
-    assert [m.genotype for m in built] == [PAPER.to_dict()]
-    expected = build_detector(candidate_config(PAPER, cfg).model, num_classes=6)
+    # The trained network is PAPER's, handed to the builder (not written into the config).
+    assert built == [PAPER]
+    expected = build_detector(cfg.model, 6, PAPER)
     assert result.params == count_parameters(expected)["total"]
-    assert result.flops > 0 and result.latency_ms > 0 and result.train_seconds > 0
+    assert result.macs > 0 and result.latency_ms > 0 and result.train_seconds > 0
 
 
 def test_negative_loss_reward(cache_dir):

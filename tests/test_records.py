@@ -38,3 +38,14 @@ def test_truncated_last_line_is_skipped_and_repaired_on_append(tmp_path):
 def test_missing_record_is_a_one_line_error(tmp_path):
     with pytest.raises(NasSearchError, match="no architecture record"):
         read_records(tmp_path / "architectures.jsonl")
+
+
+def test_records_written_before_the_flops_rename_read_back_as_macs(tmp_path):
+    path = tmp_path / "architectures.jsonl"
+    old = {"key": "a", "reward": 0.1, "flops": 123}
+    new = {"key": "b", "reward": 0.2, "macs": 456}
+    path.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n")
+    assert read_records(path) == [
+        {"key": "a", "reward": 0.1, "macs": 123},
+        {"key": "b", "reward": 0.2, "macs": 456},
+    ]

@@ -8,7 +8,7 @@ import torch
 from nassearch.config import validate_config
 from nassearch.data.build import build_dataset
 from nassearch.detectors.build import build_detector
-from nassearch.proxy_eval.trainer import Trainer
+from nassearch.engine.trainer import Trainer
 
 
 class Interrupt(Exception):

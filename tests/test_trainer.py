@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from nassearch.config import OptimizerConfig, ScheduleConfig, TrainConfig
-from nassearch.errors import NasSearchError
-from nassearch.proxy_eval import checkpoint as ckpt_io
-from nassearch.proxy_eval.checkpoint import load_checkpoint, load_model_weights
-from nassearch.proxy_eval.optim import (
+from nassearch.engine import checkpoint as ckpt_io
+from nassearch.engine.checkpoint import load_checkpoint, load_model_weights
+from nassearch.engine.optim import (
     build_optimizer,
     build_scheduler,
     param_groups,
     total_iterations,
 )
-from nassearch.proxy_eval.trainer import Trainer
+from nassearch.engine.trainer import Trainer
+from nassearch.errors import NasSearchError
 
 CPU = torch.device("cpu")
 

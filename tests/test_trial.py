@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from ray import tune
 from search_configs import search_config
@@ -72,3 +73,43 @@ def test_a_restored_checkpoint_brings_back_the_finished_repeats(tmp_path):
         b"trainer state of repeat 1"
     )
     assert _restore_checkpoint(None, work) == ([], False)
+
+
+def test_a_trial_parses_its_genotype_once(tmp_path, monkeypatch):
+    """The genotype travels as an argument from the trial to the detector builder: one parse of
+    the searcher's mapping, however many modules need it."""
+    from types import SimpleNamespace
+
+    from nassearch.search_spaces import nasfpn
+
+    raw = search_config(tmp_path)
+    raw["train"].update(epochs=1, max_iters=1)
+    experiment = validate_config(raw)
+    genotype = get_space("nasfpn", num_cells=5).sample(np.random.default_rng(0))
+    counts = {"spaces": 0, "parses": 0}
+    real_init, real_parse = nasfpn.NASFPNSpace.__init__, nasfpn.NASFPNGenotype.from_dict
+
+    def counting_init(self, *args, **kwargs):
+        counts["spaces"] += 1
+        real_init(self, *args, **kwargs)
+
+    def counting_parse(cls, data):
+        counts["parses"] += 1
+        return real_parse.__func__(cls, data)
+
+    monkeypatch.setattr(nasfpn.NASFPNSpace, "__init__", counting_init)
+    monkeypatch.setattr(nasfpn.NASFPNGenotype, "from_dict", classmethod(counting_parse))
+    reports = []
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t0"))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
+    proxy_trial(
+        {"genotype": genotype.to_dict(), "genotype_key": genotype.key()},
+        json.loads(experiment.model_dump_json()),
+    )
+    final = reports[-1]
+    assert final["final"] and final["status"] == "ok", final["message"]
+    assert final["genotype_key"] == genotype.key()
+    # One parse of the genotype; two space objects: one validates search.space_options when the
+    # trial loads its config, one parses the genotype (the builders need none).
+    assert counts == {"spaces": 2, "parses": 1}

@@ -26,6 +26,7 @@ from ray.tune.search.sample import Domain
 
 from nassearch.controllers.base import Candidate, Controller, ControllerUpdate
 from nassearch.errors import NasSearchError
+from nassearch.trial_spec import TrialSpec
 
 __all__ = ["ControllerSearcher"]
 
@@ -211,12 +212,12 @@ class ControllerSearcher(Searcher):
         if self.controller.dedup:
             self.inflight[cand.key] = trial_id
         self.num_suggested += 1
-        return {
-            "genotype": cand.genotype.to_dict(),
-            "genotype_key": cand.key,
-            "controller_step": cand.step,
-            "candidate_id": cand.id,
-        }
+        return TrialSpec(
+            genotype=cand.genotype.to_dict(),
+            genotype_key=cand.key,
+            controller_step=cand.step,
+            candidate_id=cand.id,
+        ).to_config()
 
     def _ask_after_releasing_orphans(self) -> list[Candidate]:
         """Fail the candidates no trial will report, then ask again, so the search cannot deadlock.

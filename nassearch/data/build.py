@@ -82,3 +82,41 @@ def build_input_transforms(inp: InputConfig, *, train: bool):
         flip_prob=inp.flip_prob,
         normalize=inp.normalize,
     )
+
+
+COCO_CLASSES = 80
+
+
+def num_classes(
+    cfg: ExperimentConfig, dataset: CocoDetection | None = None, *, read_val: bool = False
+) -> int:
+    """The class count of the config's detector, the one rule for every command.
+
+    With `dataset`, its categories decide and `model.num_classes`, when given, must agree
+    (training). Without one, `model.num_classes` when given; otherwise the validation
+    annotations' categories when `read_val` (export: the exported head must fit the data),
+    else the count needing no data: the synthetic set's shapes, or COCO's 80 (summaries).
+    """
+    wanted = cfg.model.num_classes
+    if dataset is not None:
+        found = len(dataset.cat_ids)
+        if wanted is not None and wanted != found:
+            raise NasSearchError(
+                f"model.num_classes: {wanted} given but the dataset has {found} categories"
+            )
+        return found
+    if wanted is not None:
+        return wanted
+    if read_val:
+        try:
+            return len(build_dataset(cfg, "val", train=False).cat_ids)
+        except NasSearchError as exc:
+            raise NasSearchError(
+                f"model.num_classes: not set and the validation data cannot be read ({exc}); "
+                "give it with --set model.num_classes=N"
+            ) from None
+    if cfg.data.type == "synthetic":
+        from nassearch.data.synthetic import SHAPES
+
+        return len(SHAPES)
+    return COCO_CLASSES

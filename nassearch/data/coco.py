@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from nassearch.data.transforms import Normalize, make_target
-from nassearch.errors import NasSearchError
+from nassearch.errors import NasSearchError, first_line
 
 
 def _is_int(x: Any) -> bool:
@@ -270,9 +270,8 @@ class CocoDetection(torch.utils.data.Dataset):
         except FileNotFoundError:
             raise NasSearchError(f"image file not found: {path} (image id {image_id})") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise NasSearchError(
-                f"cannot decode image {path} (image id {image_id}): {msg}"
+                f"cannot decode image {path} (image id {image_id}): {first_line(e)}"
             ) from None
 
     def load_target(self, image_id: int, image_size: tuple[int, int]) -> dict[str, Any]:

@@ -1,28 +1,39 @@
-"""Detectors from a config: ResNet backbone + neck + RetinaNet or FCOS head."""
+"""Detectors from a config: ResNet backbone + registered neck + RetinaNet or FCOS head.
+
+The searched architecture is an argument (`genotype`), not part of the config: a search trial
+builds its candidate with the search config's detector settings and the sampled genotype, and a
+retrain config's own `model.genotype` is used only when none is passed.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from nassearch.config import BackboneConfig, FCOSConfig, NeckConfig, RetinaNetConfig
+import nassearch.detectors.heads  # noqa: F401  (registers the searched heads)
+import nassearch.detectors.necks  # noqa: F401  (registers the necks)
+from nassearch.config import BackboneConfig, FCOSConfig, RetinaNetConfig
 from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.backbones import ResNet, build_backbone
+from nassearch.detectors.dense import PYRAMID_STRIDES
 from nassearch.detectors.fcos import FCOS, FCOSHead
-from nassearch.detectors.fpn import FPN
+from nassearch.detectors.registry import NECKS, SEARCHED_HEADS
 from nassearch.detectors.retinanet import RetinaNet, RetinaNetHead
-from nassearch.search_spaces import Genotype, get_space, inferred_options, resolve_genotype
+from nassearch.search_spaces import Genotype, resolve_genotype
 
-STRIDES = (8, 16, 32, 64, 128)
-# NAS-FCOS's decoder also reads C2 (stride 4); the others start at C3.
-BACKBONE_LEVELS = {"fpn": (2, 3, 4), "nasfpn": (2, 3, 4), "nasfcos": (1, 2, 3, 4)}
+ModelConfig = RetinaNetConfig | FCOSConfig
 
 
-def model_genotype(cfg: RetinaNetConfig | FCOSConfig) -> Genotype | None:
+def model_genotype(cfg: ModelConfig) -> Genotype | None:
     """The searched architecture a model config names (None for a plain FPN)."""
     if cfg.neck.type == "fpn":
         return None
     return resolve_genotype(cfg.genotype, cfg.neck.type)
+
+
+def backbone_indices(neck_type: str) -> tuple[int, ...]:
+    """The backbone stages (0-based, C2 = 0) the neck registered as `neck_type` reads."""
+    return NECKS.get(neck_type).backbone_indices
 
 
 def backbone_from_config(cfg: BackboneConfig, out_indices: tuple[int, ...] = (2, 3, 4)) -> ResNet:
@@ -37,32 +48,33 @@ def backbone_from_config(cfg: BackboneConfig, out_indices: tuple[int, ...] = (2,
     )
 
 
-def neck_from_config(
-    cfg: NeckConfig, in_channels: list[int], default_extra: str, genotype: Genotype | None
-) -> nn.Module:
-    """Plain FPN, or the searched neck of `genotype` (NAS-FPN pyramid stack, NAS-FCOS decoder)."""
-    if cfg.type == "fpn":
-        return FPN(
-            in_channels,
-            out_channels=cfg.out_channels,
-            num_outs=len(STRIDES),
-            extra_source=cfg.extra_source or default_extra,
-            norm=cfg.norm,
-        )
-    space = get_space(cfg.type, **inferred_options(genotype.to_dict()))
-    if cfg.type == "nasfpn":
-        return space.build_neck(
-            genotype, in_channels, cfg.out_channels, stacks=cfg.stacks, style=cfg.style
-        )
-    return space.build_neck(genotype, in_channels, cfg.out_channels, upsample=cfg.upsample)
+def _backbone_and_neck(
+    cfg: ModelConfig, genotype: Genotype | None, default_extra: str
+) -> tuple[ResNet, nn.Module]:
+    neck_cls = NECKS.get(genotype.space if genotype is not None else "fpn")
+    backbone = backbone_from_config(cfg.backbone, neck_cls.backbone_indices)
+    neck = neck_cls.from_config(
+        cfg.neck, backbone.out_channels, genotype, default_extra=default_extra
+    )
+    return backbone, neck
 
 
-def build_retinanet(cfg: RetinaNetConfig, num_classes: int) -> RetinaNet:
-    genotype = model_genotype(cfg)
-    backbone = backbone_from_config(cfg.backbone, BACKBONE_LEVELS[cfg.neck.type])
-    neck = neck_from_config(cfg.neck, backbone.out_channels, "input", genotype)
+def _loss_and_inference(cfg: ModelConfig) -> dict[str, float | int]:
+    """The focal loss and inference settings every dense detector takes (`DetectorConfig`)."""
+    return {
+        "focal_alpha": cfg.focal_alpha,
+        "focal_gamma": cfg.focal_gamma,
+        "score_thresh": cfg.score_thresh,
+        "nms_thresh": cfg.nms_thresh,
+        "topk_candidates": cfg.topk_candidates,
+        "detections_per_img": cfg.detections_per_img,
+    }
+
+
+def build_retinanet(cfg: RetinaNetConfig, num_classes: int, genotype: Genotype | None) -> RetinaNet:
+    backbone, neck = _backbone_and_neck(cfg, genotype, "input")
     anchors = AnchorGenerator(
-        strides=STRIDES,
+        strides=PYRAMID_STRIDES,
         octave_base_scale=cfg.octave_base_scale,
         scales_per_octave=cfg.scales_per_octave,
         ratios=tuple(cfg.ratios),
@@ -75,7 +87,7 @@ def build_retinanet(cfg: RetinaNetConfig, num_classes: int) -> RetinaNet:
         feat_channels=cfg.feat_channels,
         norm=cfg.head_norm,
         separate_norm_per_level=cfg.separate_norm_per_level,
-        num_levels=len(STRIDES),
+        num_levels=len(PYRAMID_STRIDES),
     )
     return RetinaNet(
         backbone,
@@ -86,26 +98,22 @@ def build_retinanet(cfg: RetinaNetConfig, num_classes: int) -> RetinaNet:
         pos_iou_thr=cfg.pos_iou_thr,
         neg_iou_thr=cfg.neg_iou_thr,
         min_pos_iou=cfg.min_pos_iou,
-        focal_alpha=cfg.focal_alpha,
-        focal_gamma=cfg.focal_gamma,
         box_loss=cfg.box_loss,
         smooth_l1_beta=cfg.smooth_l1_beta,
-        score_thresh=cfg.score_thresh,
-        nms_thresh=cfg.nms_thresh,
-        topk_candidates=cfg.topk_candidates,
-        detections_per_img=cfg.detections_per_img,
+        **_loss_and_inference(cfg),
     )
 
 
-def build_fcos(cfg: FCOSConfig, num_classes: int) -> FCOS:
-    genotype = model_genotype(cfg)
-    backbone = backbone_from_config(cfg.backbone, BACKBONE_LEVELS[cfg.neck.type])
-    neck = neck_from_config(cfg.neck, backbone.out_channels, "output", genotype)
-    if getattr(genotype, "head", None) is not None:
-        # NAS-FCOS's searched head replaces the stock 4-conv towers (same outputs).
-        head = get_space("nasfcos").build_head(
-            genotype, neck.out_channels, num_classes, strides=STRIDES, num_levels=len(STRIDES)
-        )
+def build_fcos(cfg: FCOSConfig, num_classes: int, genotype: Genotype | None) -> FCOS:
+    backbone, neck = _backbone_and_neck(cfg, genotype, "output")
+    searched = (
+        SEARCHED_HEADS.get(genotype.space)
+        if genotype is not None and genotype.space in SEARCHED_HEADS
+        else None
+    )
+    if searched is not None and searched.searched_by(genotype):
+        # A searched head (NAS-FCOS) replaces the stock towers; same outputs.
+        head = searched.from_config(genotype, neck.out_channels, num_classes)
     else:
         head = FCOSHead(
             neck.out_channels,
@@ -114,39 +122,45 @@ def build_fcos(cfg: FCOSConfig, num_classes: int) -> FCOS:
             feat_channels=cfg.feat_channels,
             norm=cfg.head_norm,
             centerness_on=cfg.centerness_on,
-            num_levels=len(STRIDES),
-            strides=STRIDES,
+            num_levels=len(PYRAMID_STRIDES),
+            strides=PYRAMID_STRIDES,
         )
     return FCOS(
         backbone,
         neck,
         head,
         num_classes,
-        strides=STRIDES,
+        strides=PYRAMID_STRIDES,
         regress_ranges=tuple(tuple(r) for r in cfg.regress_ranges),
         center_sampling=cfg.center_sampling,
         center_sampling_radius=cfg.center_sampling_radius,
-        focal_alpha=cfg.focal_alpha,
-        focal_gamma=cfg.focal_gamma,
         box_loss=cfg.box_loss,
-        score_thresh=cfg.score_thresh,
-        nms_thresh=cfg.nms_thresh,
-        topk_candidates=cfg.topk_candidates,
-        detections_per_img=cfg.detections_per_img,
+        **_loss_and_inference(cfg),
     )
 
 
 def build_detector(
-    cfg: RetinaNetConfig | FCOSConfig, num_classes: int, *, seed: int | None = None
+    cfg: ModelConfig,
+    num_classes: int,
+    genotype: Genotype | None = None,
+    *,
+    seed: int | None = None,
 ) -> nn.Module:
     """Build the detector named by `cfg.type` for `num_classes` contiguous labels.
 
-    With `seed`, weights are initialised from that seed without touching the caller's RNG, so the
-    same architecture starts from the same weights in the search driver and in any trial process.
+    Args:
+        cfg: the `model` section: detector type, backbone, neck options, head.
+        num_classes: number of foreground classes.
+        genotype: the searched architecture; its space names the neck (and, for NAS-FCOS head
+            searches, the head). None: the config's own `model.genotype`, or a plain FPN.
+        seed: initialise the weights from this seed without touching the caller's RNG, so the
+            same architecture starts from the same weights in the search driver and any trial.
     """
+    if genotype is None:
+        genotype = model_genotype(cfg)
     build = build_retinanet if cfg.type == "retinanet" else build_fcos
     if seed is None:
-        return build(cfg, num_classes)
+        return build(cfg, num_classes, genotype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build(cfg, num_classes)
+        return build(cfg, num_classes, genotype)

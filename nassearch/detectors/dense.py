@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from nassearch.distributed import average_over_processes
 from nassearch.errors import NasSearchError
 
+# Strides of the P3..P7 pyramid every neck outputs and every dense head predicts on.
+PYRAMID_STRIDES = (8, 16, 32, 64, 128)
+
 
 class DenseDetector(nn.Module):
     """Base of single-stage dense detectors (`backbone`, `neck`, `head` attributes set by subclasses)."""

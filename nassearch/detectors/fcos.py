@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nassearch.detectors.boxes import batched_nms, clip_boxes, decode_distances, encode_distances
-from nassearch.detectors.dense import DenseDetector
+from nassearch.detectors.dense import PYRAMID_STRIDES, DenseDetector
 from nassearch.detectors.losses import iou_loss, sigmoid_focal_loss
+from nassearch.detectors.ops.norm import norm_layer
 from nassearch.errors import NasSearchError
 
 INF = float("inf")
-DEFAULT_STRIDES = (8, 16, 32, 64, 128)
 DEFAULT_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
 BOX_LOSSES = ("log", "linear", "giou")
 HeadOutputs = tuple[list[Tensor], list[Tensor], list[Tensor]]
@@ -35,19 +35,6 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
-
-
-def _norm_layer(norm: str | None, channels: int) -> nn.Module:
-    """GroupNorm(32), BatchNorm or nothing, chosen by name."""
-    if norm == "gn":
-        if channels % 32 != 0:
-            raise NasSearchError(f"FCOSHead: norm 'gn' uses 32 groups but feat_channels={channels}")
-        return nn.GroupNorm(32, channels)
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    if norm is None:
-        return nn.Identity()
-    raise NasSearchError(f"FCOSHead: unknown norm {norm!r} (use 'gn', 'bn' or None)")
 
 
 class FCOSHead(nn.Module):
@@ -67,7 +54,7 @@ class FCOSHead(nn.Module):
         centerness_on: str = "cls",
         num_levels: int = 5,
         prior_prob: float = 0.01,
-        strides: Sequence[int] = DEFAULT_STRIDES,
+        strides: Sequence[int] = PYRAMID_STRIDES,
     ) -> None:
         super().__init__()
         if centerness_on not in ("cls", "reg"):
@@ -96,7 +83,7 @@ class FCOSHead(nn.Module):
             cin = in_channels if i == 0 else channels
             layers += [
                 nn.Conv2d(cin, channels, 3, padding=1, bias=norm is None),
-                _norm_layer(norm, channels),
+                norm_layer(norm, channels, where="FCOSHead"),
                 nn.ReLU(inplace=True),
             ]
         return nn.Sequential(*layers)
@@ -209,7 +196,7 @@ class FCOS(DenseDetector):
         head: nn.Module,
         num_classes: int,
         *,
-        strides: Sequence[int] = DEFAULT_STRIDES,
+        strides: Sequence[int] = PYRAMID_STRIDES,
         regress_ranges: Sequence[tuple[float, float]] = DEFAULT_REGRESS_RANGES,
         center_sampling: bool = False,
         center_sampling_radius: float = 1.5,

@@ -17,6 +17,7 @@ from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.boxes import DeltaXYWHCoder, batched_nms, box_iou, clip_boxes
 from nassearch.detectors.dense import DenseDetector
 from nassearch.detectors.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
+from nassearch.detectors.ops.norm import norm_layer
 from nassearch.errors import NasSearchError
 
 # Assignment codes for anchors that match no ground-truth box.
@@ -25,14 +26,6 @@ IGNORE = -2
 
 _NORMS = (None, "bn", "gn")
 _BOX_LOSSES = ("smooth_l1", "l1", "giou")
-
-
-def _make_norm(norm: str, channels: int) -> nn.Module:
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    # GroupNorm with 32 groups (Wu & He 2018), fewer when the width is not a multiple of 32.
-    groups = math.gcd(32, channels)
-    return nn.GroupNorm(groups, channels)
 
 
 class RetinaNetHead(nn.Module):
@@ -87,7 +80,10 @@ class RetinaNetHead(nn.Module):
             return nn.ModuleList()
         copies = self.num_levels if self.separate_norm_per_level else 1
         return nn.ModuleList(
-            nn.ModuleList(_make_norm(self.norm, channels) for _ in range(num_convs))
+            nn.ModuleList(
+                norm_layer(self.norm, channels, fit_groups=True, where="retinanet head")
+                for _ in range(num_convs)
+            )
             for _ in range(copies)
         )
 

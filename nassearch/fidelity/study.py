@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,9 +28,11 @@ import numpy as np
 
 from nassearch.atomic import atomic_write, atomic_write_text
 from nassearch.config import ExperimentConfig, load_config
-from nassearch.errors import NasSearchError
+from nassearch.console import Log, silent
+from nassearch.errors import NasSearchError, require_int
 from nassearch.export import Experiment, load_experiment
 from nassearch.fidelity.stats import RankFidelity, SeedNoise, rank_fidelity, seed_noise
+from nassearch.output_paths import check_output_folder
 from nassearch.proxy_eval.proxy_task import repeat_seed
 from nassearch.proxy_eval.rescore import Score, ScoreJob, run_score_jobs
 from nassearch.ranking import RankedArchitecture, rank_architectures
@@ -41,7 +42,6 @@ LONGER = "longer"  # the default reference recipe
 ReferenceMetric = Literal["ap", "ap50", "reward"]
 REFERENCE_METRICS = ("ap", "ap50", "reward")
 SCORES_FILE = "scores.jsonl"
-Log = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class StudiedArchitecture:
     proxy_scores: tuple[float, ...]
     reference: float | None  # the reference metric; None if its reference training failed
     params: int | None
-    flops: int | None
+    macs: int | None
 
     @property
     def proxy_mean(self) -> float:
@@ -170,8 +170,7 @@ def choose_architectures(
 
 def _check_arguments(top: int, random: int, seeds: int, metric: str) -> None:
     for name, value, least in (("--top", top, 0), ("--random", random, 0), ("--seeds", seeds, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise NasSearchError(f"{name}: must be an integer of at least {least}, got {value!r}")
+        require_int(name, value, least)
     if metric not in REFERENCE_METRICS:
         raise NasSearchError(
             f"--reference-metric: {metric!r} (expected one of {', '.join(REFERENCE_METRICS)})"
@@ -191,7 +190,7 @@ def run_fidelity(
     reference_metric: ReferenceMetric = "ap",
     out: str | Path | None = None,
     address: str | None = None,
-    log: Log = print,
+    log: Log | None = print,
 ) -> FidelityResult:
     """Run both studies on an experiment folder (resumable: finished runs are kept in scores.jsonl)."""
     import os
@@ -199,13 +198,11 @@ def run_fidelity(
     import ray
 
     _check_arguments(top, random, seeds, reference_metric)
+    out = check_output_folder(out if out is not None else Path(exp_dir) / "fidelity")
     exp = load_experiment(exp_dir)
     cfg = exp.config
     ref_cfg = reference_config(cfg, reference)
     chosen = choose_architectures(exp, top, random)
-    out = Path(out) if out is not None else exp.path / "fidelity"
-    if out.exists() and not out.is_dir():
-        raise NasSearchError(f"--out {out}: exists and is not a folder")
     # Seeds the search never used: after the repeats' and the re-evaluation's.
     used = cfg.proxy.repeats + (cfg.search.reevaluate_top.seeds if cfg.search.reevaluate_top else 0)
     new_seeds = tuple(repeat_seed(cfg, used + j) for j in range(seeds))
@@ -220,7 +217,7 @@ def run_fidelity(
             ScoreJob(f"{arch.key}-reference", arch.key, genotype, cfg.seed, "reference", f"#{rank}")
         )
     out.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda _line: None)
+    log = log or silent
     recipe = reference or LONGER
     log(
         f"fidelity of {exp.path}: {len(chosen)} architectures ({sum(c[2] == 'top' for c in chosen)} "
@@ -273,7 +270,7 @@ def summarise(
                 proxy_scores=tuple(s.reward for s in extra if s and s.ok),
                 reference=None if ref is None else reference_value(ref, metric),
                 params=arch.record.get("params"),
-                flops=arch.record.get("flops"),
+                macs=arch.record.get("macs"),
             )
         )
     failed = sum(1 for s in scores if not s.ok) + (len(chosen) * (len(new_seeds) + 1) - len(scores))
@@ -384,7 +381,7 @@ def markdown(result: FidelityResult) -> str:
     ]
     for a in result.architectures:
         ref = "failed" if a.reference is None else f"{a.reference:.4f}"
-        gmacs = "—" if not a.flops else f"{a.flops / 1e9:.2f}"
+        gmacs = "—" if not a.macs else f"{a.macs / 1e9:.2f}"
         lines.append(
             f"| {a.rank} | `{a.key}` | {a.chosen} | {a.recorded:.4f} ({len(a.recorded_scores)}) "
             f"| {a.proxy_mean:.4f} ± "

@@ -1,1 +1,2 @@
-"""Training loop (proxy and full training) and COCO evaluation."""
+"""Proxy evaluation: score one sampled architecture by a short training (the search's reward),
+as a Ray Tune trial, with its data, feature cache and re-scoring jobs."""

@@ -16,7 +16,7 @@ import torch
 from nassearch.config import BackboneConfig, ExperimentConfig
 from nassearch.data.build import build_dataset, split_paths
 from nassearch.data.coco import CocoDetection
-from nassearch.detectors.build import BACKBONE_LEVELS, backbone_from_config
+from nassearch.detectors.build import backbone_from_config, backbone_indices
 from nassearch.device import resolve_device
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, build_feature_cache
@@ -78,7 +78,7 @@ def proxy_data(
     if cache_dir is None or not uses_feature_cache(cfg):
         return proxy_datasets(cfg)
     train, reward = proxy_datasets(cfg, augment=False)
-    levels = BACKBONE_LEVELS[cfg.search.space]
+    levels = backbone_indices(cfg.search.space)
     # Seeded like `build_detector(seed=cfg.seed)`, which builds the backbone first: the cached
     # features are those of every trial's own (frozen) backbone, and trials agree on the fingerprint.
     with torch.random.fork_rng(devices=[]):

@@ -20,14 +20,16 @@ import torch
 from torch import nn
 
 from nassearch.config import CostConfig, ExperimentConfig
+from nassearch.console import silent
 from nassearch.detectors.build import build_detector
 from nassearch.detectors.complexity import count_macs, count_parameters
 from nassearch.device import resolve_device, use_bf16
-from nassearch.proxy_eval.evaluate import evaluate_detector, validation_loss
+from nassearch.engine.evaluate import evaluate_detector, validation_loss
+from nassearch.engine.trainer import Trainer
 from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, CachedFeatureDetector
 from nassearch.proxy_eval.proxy_data import proxy_datasets
-from nassearch.proxy_eval.trainer import Trainer
 from nassearch.search_spaces.base import Genotype
+from nassearch.status import Status
 
 
 @dataclass
@@ -40,14 +42,14 @@ class ProxyResult:
     """
 
     reward: float
-    status: str = "ok"
+    status: Status = Status.OK
     message: str = ""
     genotype_key: str = ""
     ap: float = float("nan")
     ap50: float = float("nan")
     val_loss: float = float("nan")
     params: int = 0
-    flops: int = 0  # multiply-adds per image at the proxy input size
+    macs: int = 0  # multiply-adds per image at the proxy input size
     latency_ms: float = float("nan")
     train_seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -56,14 +58,6 @@ class ProxyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def candidate_config(genotype: Genotype, cfg: ExperimentConfig) -> ExperimentConfig:
-    """`cfg` with its neck replaced by the searched one (same space, this genotype)."""
-    model = cfg.model.model_copy(deep=True)
-    model.neck.type = genotype.space
-    model.genotype = genotype.to_dict()
-    return cfg.model_copy(update={"model": model})
 
 
 @torch.no_grad()
@@ -97,7 +91,7 @@ def measure_latency_ms(
 
 
 def cost_value(cost: CostConfig, result: ProxyResult) -> float:
-    return {"params": result.params, "macs": result.flops, "latency_ms": result.latency_ms}[
+    return {"params": result.params, "macs": result.macs, "latency_ms": result.latency_ms}[
         cost.metric
     ]
 
@@ -139,12 +133,10 @@ def evaluate_candidate(
     try:
         device = resolve_device(cfg.device)
         train_set, reward_set = datasets or proxy_datasets(cfg)
-        model = build_detector(
-            candidate_config(genotype, cfg).model, len(train_set.cat_ids), seed=seed
-        )
+        model = build_detector(cfg.model, len(train_set.cat_ids), genotype, seed=seed)
         size = cfg.input.network_size()
         result.params = count_parameters(model)["total"]
-        result.flops = count_macs(model, size)["total"]
+        result.macs = count_macs(model, size)["total"]
         model.to(device)
         result.latency_ms = measure_latency_ms(model, size, device, batch=proxy.latency_batch)
         if isinstance(train_set, CachedFeatureDataset):
@@ -164,12 +156,12 @@ def evaluate_candidate(
             size_divisor=cfg.input.size_divisor,
             on_epoch_end=on_epoch_end,
             progress=False,
-            log=None,
+            log=silent,
             time_limit_s=proxy.time_limit_s,
             keep_epoch_checkpoints=False,
         ).fit(resume=resume)
         result.train_seconds = trained.seconds
-        if trained.status != "ok":
+        if trained.status != Status.OK:
             result.status, result.message = trained.status, trained.message
             return result
         kwargs = {
@@ -183,7 +175,7 @@ def evaluate_candidate(
         if proxy.reward == "neg_loss":
             result.val_loss = validation_loss(model, reward_set, **kwargs)["loss"]
             if not math.isfinite(result.val_loss):
-                result.status, result.message = "nan", f"validation loss is {result.val_loss}"
+                result.status, result.message = Status.NAN, f"validation loss is {result.val_loss}"
                 return result
             raw = -result.val_loss
         else:
@@ -194,12 +186,12 @@ def evaluate_candidate(
         result.message = f"trained {trained.iterations} iterations in {trained.seconds:.1f} s"
         return result
     except torch.cuda.OutOfMemoryError as exc:
-        result.status, result.message = "oom", _one_line(exc)
+        result.status, result.message = Status.OOM, _one_line(exc)
     except Exception as exc:  # a failing architecture must not stop the search
         if "out of memory" in str(exc).lower():
-            result.status = "oom"
+            result.status = Status.OOM
         else:
-            result.status = "error"
+            result.status = Status.ERROR
         result.message = _one_line(exc)
     finally:
         if not result.train_seconds:
@@ -216,7 +208,7 @@ def combine_repeats(results: list[ProxyResult]) -> ProxyResult:
     """One result from R scores of one architecture: the mean reward (and AP, loss), every score,
     their std and the summed training time. One failed repeat makes the whole evaluation fail,
     as a failed single evaluation would."""
-    failed = next((r for r in results if r.status != "ok"), None)
+    failed = next((r for r in results if r.status != Status.OK), None)
     first = results[0]
     if len(results) == 1 or failed is not None:
         out = replace(failed or first)
@@ -276,7 +268,7 @@ def evaluate_repeated(
         done.append(result)
         if on_repeat_end is not None:
             on_repeat_end(done)
-        if result.status != "ok":
+        if result.status != Status.OK:
             break
     return combine_repeats(done)
 

@@ -12,7 +12,7 @@ import json
 import math
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from typing import Any
 from ray import tune
 
 from nassearch.config import ExperimentConfig, validate_config
+from nassearch.console import Log, silent
 from nassearch.device import follow_ray_threads
 from nassearch.proxy_eval.proxy_data import proxy_data, uses_feature_cache
 from nassearch.records import RecordWriter, iter_records
-
-Log = Callable[[str], None]
+from nassearch.status import Status
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Score:
     ap50: float | None = None
     val_loss: float | None = None
     params: int | None = None
-    flops: int | None = None
+    macs: int | None = None
     train_seconds: float | None = None
 
     @classmethod
@@ -64,7 +64,7 @@ class Score:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok" and self.reward is not None and math.isfinite(self.reward)
+        return self.status == Status.OK and self.reward is not None and math.isfinite(self.reward)
 
 
 def read_scores(path: str | Path) -> list[Score]:
@@ -111,7 +111,7 @@ class ScoreCallback(tune.Callback):
     """Tune callback (driver side): one Score line and one progress line per finished job."""
 
     def __init__(self, path: Path, jobs: Sequence[ScoreJob], done: int, total: int, log) -> None:
-        self.path, self.done, self.total, self.log = Path(path), done, total, log
+        self.path, self.done, self.total, self.log = Path(path), done, total, log or silent
         self.jobs = {j.job_id: j for j in jobs}
         self.written: set[str] = set()
 
@@ -125,29 +125,28 @@ class ScoreCallback(tune.Callback):
             seed=job.seed,
             config=job.config,
             reward=_finite(result.get("reward")),
-            status=result.get("status", "error"),
+            status=result.get("status", Status.ERROR),
             message=result.get("message", ""),
             **{
                 name: _finite(result.get(name))
-                for name in ("ap", "ap50", "val_loss", "params", "flops", "train_seconds")
+                for name in ("ap", "ap50", "val_loss", "params", "macs", "train_seconds")
             },
         )
         with RecordWriter(self.path) as writer:
             writer.append(asdict(score))
         self.written.add(job.job_id)
         self.done += 1
-        if self.log is not None:
-            reward = "nan" if score.reward is None else f"{score.reward:.4f}"
-            self.log(
-                f"[{self.done}/{self.total}] {job.label or job.key} {job.config} seed {job.seed}: "
-                f"{score.status} reward {reward}  {score.train_seconds or 0:.0f}s"
-            )
+        reward = "nan" if score.reward is None else f"{score.reward:.4f}"
+        self.log(
+            f"[{self.done}/{self.total}] {job.label or job.key} {job.config} seed {job.seed}: "
+            f"{score.status} reward {reward}  {score.train_seconds or 0:.0f}s"
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._write(trial, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trial, {"status": "error", "message": "the trial process failed"})
+        self._write(trial, {"status": Status.ERROR, "message": "the trial process failed"})
 
 
 def score_dirname(trial) -> str:

@@ -29,6 +29,7 @@ from nassearch.proxy_eval.proxy_data import proxy_data
 from nassearch.proxy_eval.proxy_task import ProxyResult, evaluate_repeated
 from nassearch.records import RESULT_FIELDS, read_records
 from nassearch.search_spaces import genotype_from_dict
+from nassearch.trial_spec import TrialSpec
 
 CHECKPOINT_FILE = "last.pth"
 REPEATS_FILE = "repeats.json"
@@ -78,7 +79,7 @@ def proxy_trial(
     cfg = validate_config(experiment, "search config")
     # Tune's own TensorBoard logger already receives every report; no second writer per trial.
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
-    genotype = genotype_from_dict(config["genotype"])
+    genotype = genotype_from_dict(TrialSpec.from_config(config).genotype)
     checkpoints = cfg.proxy.trial_checkpoints
     datasets = proxy_data(cfg, feature_cache, progress=False)
 

@@ -1,55 +1,55 @@
 """Search spaces: NAS-FPN merging cells and NAS-FCOS decoder/head graphs, behind one interface.
 
 `get_space(name, **options)` returns a `SearchSpace` (see `base.py`): a fixed-length sequence of
-masked categorical decisions that decode to a `Genotype`, plus builders for the modules it names.
+masked categorical decisions that decode to a `Genotype`. Spaces describe architectures only; the
+modules are built by `nassearch.detectors` from a genotype.
 """
 
 from __future__ import annotations
 
-import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nassearch.errors import NasSearchError
-from nassearch.search_spaces.base import Decision, Genotype, SearchSpace
-
-SPACE_NAMES = ("nasfpn", "nasfcos")
+from nassearch.errors import NasSearchError, first_line
+from nassearch.search_spaces import nasfcos, nasfpn  # noqa: F401  (registration)
+from nassearch.search_spaces.base import Decision, Genotype, SearchSpace, approx_count
+from nassearch.search_spaces.registry import (
+    register_space,
+    space_class,
+    space_names,
+    unregister_space,
+)
 
 __all__ = [
-    "SPACE_NAMES",
     "Decision",
+    "approx_count",
     "Genotype",
     "SearchSpace",
     "genotype_from_dict",
     "get_space",
     "inferred_options",
     "named_genotypes",
+    "register_space",
     "resolve_genotype",
+    "space_names",
+    "unregister_space",
 ]
 
 
 def get_space(name: str, **options: Any) -> SearchSpace:
-    """The search space called `name` (`nasfpn`, `nasfcos`), configured by `options`."""
-    if name == "nasfpn":
-        from nassearch.search_spaces.nasfpn import NASFPNSpace
-
-        return NASFPNSpace(**options)
-    if name == "nasfcos":
-        from nassearch.search_spaces.nasfcos import NASFCOSSpace
-
-        return NASFCOSSpace(**options)
-    raise NasSearchError(
-        f"unknown search space {name!r} (expected one of {', '.join(SPACE_NAMES)})"
-    )
+    """The search space called `name` (`nasfpn`, `nasfcos`, or any registered one), configured by
+    `options`."""
+    return space_class(name)(**options)
 
 
 def genotype_from_dict(data: dict[str, Any], **space_options: Any) -> Genotype:
     """Parse a genotype written as plain data; its `space` field picks the space that validates it."""
     if not isinstance(data, dict) or "space" not in data:
         raise NasSearchError(
-            "genotype: expected a mapping with a `space` field (nasfpn or nasfcos)"
+            f"genotype: expected a mapping with a `space` field ({' or '.join(space_names())})"
         )
     options = {**inferred_options(data), **space_options}
     return get_space(data["space"], **options).genotype_from_dict(data)
@@ -57,17 +57,12 @@ def genotype_from_dict(data: dict[str, Any], **space_options: Any) -> Genotype:
 
 def inferred_options(data: dict[str, Any]) -> dict[str, Any]:
     """Space options a genotype mapping implies: its number of cells (reduced spaces build too)."""
-    cells = data.get("cells") if data.get("space") == "nasfpn" else data.get("fpn")
-    return {"num_cells": len(cells)} if isinstance(cells, list) and cells else {}
+    return space_class(data.get("space")).options_from_genotype(data)
 
 
 def named_genotypes(space: str) -> dict[str, Genotype]:
     """The published architectures a space ships as module constants (PAPER, FPN, ...)."""
-    if space not in SPACE_NAMES:
-        raise NasSearchError(
-            f"unknown search space {space!r} (expected one of {', '.join(SPACE_NAMES)})"
-        )
-    module = importlib.import_module(f"nassearch.search_spaces.{space}")
+    module = sys.modules[space_class(space).__module__]
     return {
         name: value
         for name, value in vars(module).items()
@@ -106,7 +101,7 @@ def _read_genotype_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise NasSearchError(f"{path}: cannot read genotype ({str(exc).splitlines()[0]})") from exc
+        raise NasSearchError(f"{path}: cannot read genotype ({first_line(exc)})") from exc
     if isinstance(data, dict) and isinstance(data.get("genotype"), dict):
         data = data["genotype"]
     if not isinstance(data, dict):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from torch import nn
 
 from nassearch.errors import NasSearchError
 
@@ -29,6 +29,17 @@ class Decision:
     name: str
     kind: str
     num_choices: int
+
+
+def approx_count(n: int) -> str:
+    """`n` to 3 significant digits, for counts beyond a float's range too (`1.23e+4567`)."""
+    if n < 10**15:
+        return f"{n:.3g}"
+    exponent = int(math.log10(n))
+    mantissa = n / 10**exponent if exponent < 300 else 10 ** (math.log10(n) - exponent)
+    if mantissa >= 9.995:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.2f}e+{exponent}"
 
 
 class Genotype(ABC):
@@ -58,9 +69,19 @@ class Genotype(ABC):
 
 
 class SearchSpace(ABC):
-    """A fixed-length sequence of decisions with legality masks, and builders for what it decodes to."""
+    """A fixed-length sequence of decisions with legality masks; what they decode to is a Genotype.
+
+    The modules a genotype names are built elsewhere (`detectors/necks/`, registered under the
+    space's `name`), so a space is pure description and imports no torch.
+    """
 
     name: ClassVar[str]
+
+    @classmethod
+    def options_from_genotype(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Space options a genotype mapping implies (e.g. its number of cells), so that a genotype
+        of a reduced space parses without the search config that made it."""
+        return {}
 
     @property
     @abstractmethod
@@ -126,11 +147,3 @@ class SearchSpace(ABC):
 
     def sample(self, rng: np.random.Generator) -> Genotype:
         return self.decode(self.sample_actions(rng))
-
-    def build_neck(self, genotype: Genotype, in_channels: Sequence[int], out_channels: int, **opts):
-        raise NasSearchError(f"space {self.name} does not search a neck")
-
-    def build_head(
-        self, genotype: Genotype, in_channels: int, num_classes: int, **opts
-    ) -> nn.Module:
-        raise NasSearchError(f"space {self.name} does not search a head")

@@ -25,7 +25,7 @@ weights; a share index s in 0..6: layers before s get one copy per level, layers
 across levels. Predictors as FCOS: 3x3 convs (class bias from prior 0.01), box distances through a
 per-level Scale and exp, centerness on the classification branch.
 
-Where biases and norms sit (see `ops.py`) is fixed by mmdetection's parameter counts, which PAPER
+Where biases and norms sit (see `detectors/ops/nasfcos_ops.py`) is fixed by mmdetection's parameter counts, which PAPER
 reproduces exactly: `NASFCOS_FPN` 10,690,696 (256 ch, C3-C5 of ResNet-50) and `NASFCOSHead`
 4,368,946 (80 classes): DCNv2 ops carry a bias and a norm, plain/separable convs only a norm.
 
@@ -41,29 +41,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from nassearch.detectors.fcos import DEFAULT_STRIDES, FCOSHead, HeadOutputs, Scale
 from nassearch.errors import NasSearchError
 from nassearch.search_spaces.base import Decision, Genotype, SearchSpace
-from nassearch.search_spaces.ops import (
-    AGG_OPS,
-    FPN_OPS,
-    HEAD_OPS,
-    UPSAMPLE_MODES,
-    build_agg,
-    build_fpn_op,
-    build_head_op,
-    norm_layer,
-    resize,
-)
+from nassearch.search_spaces.registry import register_space
 
+# Op vocabularies in the released code's order (`nas/rl/genotypes.py`), so the released
+# genotypes' integer indices decode to the same network.
+FPN_OPS = ("sep_conv_3x3", "sep_conv_3x3_dil3", "sep_conv_5x5_dil6", "skip_connect", "def_conv_3x3")
+AGG_OPS = ("psum", "cat")
+HEAD_OPS = (
+    "conv1x1",
+    "conv3x3",
+    "sep_conv_3x3",
+    "sep_conv_3x3_dil3",
+    "skip_connect",
+    "def_conv_3x3",
+)
+NORMS = ("bn", "gn")
+UPSAMPLE_MODES = ("bilinear", "nearest")
 NUM_BACKBONE = 4  # C2, C3, C4, C5 at pool indices 0..3
 BACKBONE_NAMES = ("C2", "C3", "C4", "C5")
 BACKBONE_STRIDES = (4, 8, 16, 32)
 NUM_CELLS = 7
+MAX_CELLS = 64  # the released decoder has 7; far more cells no longer build in memory
 NUM_HEAD_LAYERS = 6
 MIN_LEAVES = 3
 PARTS = ("fpn", "head", "both")
@@ -230,196 +230,6 @@ PAPER = NASFCOSGenotype(fpn=_PAPER_CELLS, head=HeadGenotype((5, 1, 5, 0, 4, 4), 
 PAPER_FPN_ONLY = NASFCOSGenotype(fpn=_PAPER_CELLS)
 
 
-# ----------------------------------------------------------------------------------- modules
-
-
-class NASFCOSCell(nn.Module):
-    """op1(x), op2(y) at their own resolutions, upsample the smaller to the larger, aggregate."""
-
-    def __init__(
-        self,
-        op1: str,
-        op2: str,
-        agg: str,
-        channels: int,
-        *,
-        upsample: str = "bilinear",
-        norm: str = "bn",
-        gn_groups: int = 32,
-    ) -> None:
-        super().__init__()
-        self.op1 = build_fpn_op(op1, channels, norm, gn_groups)
-        self.op2 = build_fpn_op(op2, channels, norm, gn_groups)
-        self.agg = build_agg(agg, channels, norm, gn_groups)
-        self.upsample = upsample
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        a, b = self.op1(x), self.op2(y)
-        if a.shape[-2] * a.shape[-1] >= b.shape[-2] * b.shape[-1]:
-            b = resize(b, a.shape[-2:], self.upsample)
-        else:
-            a = resize(a, b.shape[-2:], self.upsample)
-        return self.agg(a, b)
-
-
-class NASFCOSNeck(nn.Module):
-    """The searched FPN: adapt convs, cells over a growing pool, output rule, P6/P7 from P5.
-
-    `in_channels` lists the channels of C2..C5 (4 values) or of C3..C5 (3 values, only for
-    genotypes that never read C2); `forward` takes the maps in the same order. An adapt conv is
-    built only for the backbone maps some cell reads (mmdetection omits the unused C2 one), so no
-    parameter is left without a gradient.
-    """
-
-    def __init__(
-        self,
-        cells: Sequence[Cell],
-        in_channels: Sequence[int],
-        out_channels: int = 256,
-        *,
-        upsample: str = "bilinear",
-        norm: str = "bn",
-        gn_groups: int = 32,
-    ) -> None:
-        super().__init__()
-        if len(in_channels) not in (3, 4):
-            raise NasSearchError(
-                f"nasfcos neck: in_channels {list(in_channels)} must list C2..C5 or C3..C5"
-            )
-        if upsample not in UPSAMPLE_MODES:
-            raise NasSearchError(
-                f"nasfcos neck: upsample={upsample!r} (use one of {', '.join(UPSAMPLE_MODES)})"
-            )
-        self.first_level = NUM_BACKBONE - len(in_channels)  # 0: inputs start at C2, 1: at C3
-        used = sorted({i for cell in cells for i in cell[:2] if i < NUM_BACKBONE})
-        if used and used[0] < self.first_level:
-            raise NasSearchError(
-                f"nasfcos neck: the genotype reads C2 but in_channels {list(in_channels)} has no C2"
-            )
-        self.out_channels = out_channels
-        self.strides = DEFAULT_STRIDES
-        self.upsample = upsample
-        self.cell_inputs = tuple((cell[0], cell[1]) for cell in cells)
-        self.adapt = nn.ModuleDict(
-            {
-                BACKBONE_NAMES[i]: nn.Sequential(
-                    nn.Conv2d(in_channels[i - self.first_level], out_channels, 1, bias=False),
-                    norm_layer(norm, out_channels, gn_groups),
-                    nn.ReLU(inplace=True),
-                )
-                for i in used
-            }
-        )
-        self.cells = nn.ModuleList(
-            NASFCOSCell(
-                cell[2], cell[3], cell[4], out_channels,
-                upsample=upsample, norm=norm, gn_groups=gn_groups,
-            )
-            for cell in cells
-        )  # fmt: skip
-        leaves = fpn_leaves(cells)
-        if len(leaves) < MIN_LEAVES:
-            raise NasSearchError(f"nasfcos neck: {len(leaves)} leaf cells, need {MIN_LEAVES}")
-        self.output_leaves = tuple(leaves[-3:])  # -> P5, P4, P3
-        self.extra_leaves = tuple(leaves[:-3])  # added into each of them
-        self.p6 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
-        self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
-        for conv in [m[0] for m in self.adapt.values()] + [self.p6, self.p7]:
-            nn.init.kaiming_uniform_(conv.weight, a=1)  # Caffe2 Xavier, as both implementations
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
-
-    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """[C2, C3, C4, C5] (or [C3, C4, C5]) -> [P3, P4, P5, P6, P7]."""
-        expected = NUM_BACKBONE - self.first_level
-        if len(feats) != expected:
-            raise NasSearchError(
-                f"nasfcos neck: got {len(feats)} feature maps, expected {expected}"
-            )
-        pool: list[Tensor | None] = [None] * NUM_BACKBONE
-        for name, adapt in self.adapt.items():
-            i = BACKBONE_NAMES.index(name)
-            pool[i] = adapt(feats[i - self.first_level])
-        for (in1, in2), cell in zip(self.cell_inputs, self.cells, strict=True):
-            pool.append(cell(pool[in1], pool[in2]))
-        outs = []
-        # Newest leaf -> P3 sized like C3, ..., oldest of the three -> P5 sized like C5.
-        for leaf, ref in zip(reversed(self.output_leaves), feats[-3:], strict=True):
-            x = pool[leaf]
-            for extra in self.extra_leaves:
-                x = x + resize(pool[extra], x.shape[-2:], "bilinear")
-            outs.append(resize(x, ref.shape[-2:], "bilinear"))
-        p6 = self.p6(outs[-1])
-        return outs + [p6, self.p7(F.relu(p6))]
-
-
-class NASFCOSHead(nn.Module):
-    """Searched FCOS head: per-level layers (< share), shared layers (>= share), FCOS predictors.
-
-    Drop-in for `FCOSHead`: same forward triple and `num_classes`, `num_levels`, `strides`,
-    `centerness_on`, `scales` attributes. Op convs keep PyTorch's default init (released code);
-    predictors get N(0, 0.01) weights, zero bias and the focal prior on the class bias.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        ops: Sequence[str],
-        share: int,
-        *,
-        strides: Sequence[int] = DEFAULT_STRIDES,
-        num_levels: int = 5,
-        prior_prob: float = 0.01,
-        norm: str = "gn",
-        gn_groups: int = 32,
-    ) -> None:
-        super().__init__()
-        head = HeadGenotype(tuple(ops), share)
-        if len(strides) != num_levels:
-            raise NasSearchError(
-                f"nasfcos head: {len(strides)} strides {tuple(strides)} for num_levels={num_levels}"
-            )
-        self.num_classes = num_classes
-        self.num_levels = num_levels
-        self.strides = tuple(int(s) for s in strides)
-        self.centerness_on = "cls"
-        self.ops, self.share = head.ops, head.share
-
-        def layers(names: Sequence[str]) -> nn.Sequential:
-            return nn.Sequential(*(build_head_op(n, in_channels, norm, gn_groups) for n in names))
-
-        per_level, shared = head.ops[: head.share], head.ops[head.share :]
-        self.cls_levels = nn.ModuleList(layers(per_level) for _ in range(num_levels))
-        self.reg_levels = nn.ModuleList(layers(per_level) for _ in range(num_levels))
-        self.cls_shared = layers(shared)
-        self.reg_shared = layers(shared)
-        self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
-        self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
-        self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1)
-        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
-        for conv in (self.cls_logits, self.bbox_pred, self.centerness):
-            nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
-        bias = -torch.log(torch.tensor((1.0 - prior_prob) / prior_prob))
-        nn.init.constant_(self.cls_logits.bias, float(bias))
-
-    def forward(self, feats: Sequence[Tensor]) -> HeadOutputs:
-        """Per-level (cls logits [B,C,H,W], positive ltrb distances [B,4,H,W], centerness [B,1,H,W])."""
-        if len(feats) != self.num_levels:
-            raise NasSearchError(
-                f"nasfcos head: got {len(feats)} feature levels, expected {self.num_levels}"
-            )
-        cls_out, reg_out, ctr_out = [], [], []
-        for level, x in enumerate(feats):
-            cls_feat = self.cls_shared(self.cls_levels[level](x))
-            reg_feat = self.reg_shared(self.reg_levels[level](x))
-            cls_out.append(self.cls_logits(cls_feat))
-            reg_out.append(torch.exp(self.scales[level](self.bbox_pred(reg_feat))))
-            ctr_out.append(self.centerness(cls_feat))
-        return cls_out, reg_out, ctr_out
-
-
 # ----------------------------------------------------------------------------------- space
 
 
@@ -436,6 +246,7 @@ def _coerce_fpn(value: Any) -> tuple[Cell, ...]:
     return cells
 
 
+@register_space
 class NASFCOSSpace(SearchSpace):
     """NAS-FCOS decisions (FPN cells, head ops + share) with leaf-count masking; see module docs.
 
@@ -444,6 +255,11 @@ class NASFCOSSpace(SearchSpace):
     """
 
     name: ClassVar[str] = "nasfcos"
+
+    @classmethod
+    def options_from_genotype(cls, data: dict[str, Any]) -> dict[str, Any]:
+        cells = data.get("fpn")
+        return {"num_cells": len(cells)} if isinstance(cells, list) and cells else {}
 
     def __init__(self, part: str = "both", num_cells: int | None = None, fpn: Any = None) -> None:
         if part not in PARTS:
@@ -463,9 +279,14 @@ class NASFCOSSpace(SearchSpace):
                 f"nasfcos space: option fpn is only used with part 'head' ({part})"
             )
         num_cells = NUM_CELLS if num_cells is None else num_cells
-        if isinstance(num_cells, bool) or not isinstance(num_cells, int) or num_cells < MIN_LEAVES:
+        if (
+            isinstance(num_cells, bool)
+            or not isinstance(num_cells, int)
+            or not MIN_LEAVES <= num_cells <= MAX_CELLS
+        ):
             raise NasSearchError(
-                f"nasfcos space: num_cells={num_cells!r} must be an integer >= {MIN_LEAVES}"
+                f"nasfcos space: num_cells={num_cells!r} must be an integer from {MIN_LEAVES} "
+                f"to {MAX_CELLS}"
             )
         self.num_cells = num_cells
         self.searches_fpn = part in ("fpn", "both")
@@ -601,70 +422,3 @@ class NASFCOSSpace(SearchSpace):
         if self.searches_head:
             total *= len(HEAD_OPS) ** NUM_HEAD_LAYERS * (NUM_HEAD_LAYERS + 1)
         return total
-
-    def build_neck(
-        self,
-        genotype: Genotype,
-        in_channels: Sequence[int],
-        out_channels: int = 256,
-        *,
-        upsample: str = "bilinear",
-        norm: str = "bn",
-        gn_groups: int = 32,
-    ) -> NASFCOSNeck:
-        """The searched FPN for C2..C5 (or C3..C5) maps of `in_channels` -> P3..P7 of `out_channels`."""
-        genotype = self._as_genotype(genotype)
-        if genotype.fpn is None:
-            raise _err("has no fpn cells to build a neck from")
-        return NASFCOSNeck(
-            genotype.fpn,
-            in_channels,
-            out_channels,
-            upsample=upsample,
-            norm=norm,
-            gn_groups=gn_groups,
-        )
-
-    def build_head(
-        self,
-        genotype: Genotype,
-        in_channels: int,
-        num_classes: int,
-        *,
-        strides: Sequence[int] = DEFAULT_STRIDES,
-        num_levels: int = 5,
-        prior_prob: float = 0.01,
-        norm: str = "gn",
-        gn_groups: int = 32,
-    ) -> nn.Module:
-        """The searched head, or the stock FCOSHead (4 convs, GN) when the genotype has none."""
-        genotype = self._as_genotype(genotype)
-        if genotype.head is None:
-            return FCOSHead(
-                in_channels,
-                num_classes,
-                num_levels=num_levels,
-                prior_prob=prior_prob,
-                strides=strides,
-            )
-        return NASFCOSHead(
-            in_channels,
-            num_classes,
-            genotype.head.ops,
-            genotype.head.share,
-            strides=strides,
-            num_levels=num_levels,
-            prior_prob=prior_prob,
-            norm=norm,
-            gn_groups=gn_groups,
-        )
-
-    @staticmethod
-    def _as_genotype(genotype: Any) -> NASFCOSGenotype:
-        if isinstance(genotype, NASFCOSGenotype):
-            return genotype
-        if isinstance(genotype, dict):
-            return NASFCOSGenotype.from_dict(genotype)
-        raise NasSearchError(
-            f"space nasfcos: expected a NASFCOSGenotype, got {type(genotype).__name__}"
-        )

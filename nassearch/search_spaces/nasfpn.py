@@ -24,31 +24,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
 from nassearch.errors import NasSearchError
 from nassearch.search_spaces.base import Decision, Genotype, SearchSpace
+from nassearch.search_spaces.registry import register_space
 
 __all__ = [
     "FPN",
     "PAPER",
     "NASFPNCell",
     "NASFPNGenotype",
-    "NASFPNNeck",
     "NASFPNSpace",
-    "merge",
-    "resample",
 ]
 
 LEVELS = (3, 4, 5, 6, 7)  # pool entries 0..4 are the input pyramid P3..P7
 NUM_INPUTS = len(LEVELS)
 NUM_OUTPUTS = len(LEVELS)  # the last 5 cells, one per level
 OPS = ("sum", "global_pool")
+MAX_CELLS = 64  # the paper's pyramid has 7; far more cells no longer build in memory
 STYLES = ("tensorflow", "mmdet")
-NORMS = ("bn", "gn", None)
-GN_GROUPS = 32
 
 
 class NASFPNCell(NamedTuple):
@@ -246,17 +239,24 @@ FPN = NASFPNGenotype(
 )
 
 
+@register_space
 class NASFPNSpace(SearchSpace):
     """The NAS-FPN cell search space: `num_cells` merging cells, the last five being the outputs."""
 
     name: ClassVar[str] = "nasfpn"
 
+    @classmethod
+    def options_from_genotype(cls, data: dict[str, Any]) -> dict[str, Any]:
+        cells = data.get("cells")
+        return {"num_cells": len(cells)} if isinstance(cells, list) and cells else {}
+
     def __init__(
         self, num_cells: int = 7, intermediate_levels: Sequence[int] = (4, 5, 6, 7)
     ) -> None:
-        if not _is_int(num_cells) or num_cells < NUM_OUTPUTS:
+        if not _is_int(num_cells) or not NUM_OUTPUTS <= num_cells <= MAX_CELLS:
             raise NasSearchError(
-                f"nasfpn num_cells must be an integer >= {NUM_OUTPUTS}, got {num_cells!r}"
+                f"nasfpn num_cells must be an integer from {NUM_OUTPUTS} to {MAX_CELLS}, "
+                f"got {num_cells!r}"
             )
         levels = tuple(intermediate_levels)
         if (
@@ -361,187 +361,3 @@ class NASFPNSpace(SearchSpace):
         for k in range(self.num_cells):
             total *= (NUM_INPUTS + k) * (NUM_INPUTS + k - 1)
         return total
-
-    def build_neck(
-        self,
-        genotype: Genotype | dict[str, Any],
-        in_channels: Sequence[int],
-        out_channels: int = 256,
-        *,
-        stacks: int = 1,
-        style: str = "tensorflow",
-        norm: str | None = "bn",
-    ) -> NASFPNNeck:
-        """A NAS-FPN neck for C3..C5 features: `stacks` repeats of the genotype's pyramid."""
-        if isinstance(genotype, dict):
-            genotype = self.genotype_from_dict(genotype)
-        genotype = self._check_fits(genotype)
-        return NASFPNNeck(
-            genotype, in_channels, out_channels, stacks=stacks, style=style, norm=norm
-        )
-
-
-# --------------------------------------------------------------------------- neck
-
-
-def fit(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Crop (bottom/right) or edge-pad a map to exactly `size` (H, W)."""
-    h, w = int(size[0]), int(size[1])
-    x = x[..., :h, :w]
-    ph, pw = h - x.shape[-2], w - x.shape[-1]
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x
-
-
-def resample(x: Tensor, src_level: int, dst_level: int, size: Sequence[int]) -> Tensor:
-    """Nearest upsampling by 2^d or max pooling with kernel = stride = 2^d, then fit to `size`.
-
-    Pooling uses ceil_mode (windows cut at the bottom/right border), like TF's SAME padding up
-    to where the border falls, so odd sizes give ceil(s / 2^d).
-    """
-    if src_level > dst_level:
-        x = F.interpolate(x, scale_factor=2 ** (src_level - dst_level), mode="nearest")
-    elif src_level < dst_level:
-        factor = 2 ** (dst_level - src_level)
-        x = F.max_pool2d(x, factor, factor, ceil_mode=True)
-    return fit(x, size)
-
-
-def merge(op: str, x1: Tensor, x2: Tensor, level1: int, level2: int, style: str) -> Tensor:
-    """Binary op on two inputs already at the cell's level; levels are those of their sources.
-
-    `global_pool`: the higher-level input is the coarse one (x1 on a tie). tensorflow (Google):
-    coarse + fine * sigmoid(global max of coarse). mmdet (mmcv GlobalPoolingCell): fine + coarse *
-    sigmoid(global mean of fine).
-    """
-    if op == "sum":
-        return x1 + x2
-    if op != "global_pool":
-        raise NasSearchError(f"nasfpn: unknown op {op!r}")
-    coarse, fine = (x1, x2) if level1 >= level2 else (x2, x1)
-    if style == "mmdet":
-        return fine + coarse * torch.sigmoid(fine.mean(dim=(-2, -1), keepdim=True))
-    return coarse + fine * torch.sigmoid(coarse.amax(dim=(-2, -1), keepdim=True))
-
-
-def _norm(norm: str | None, channels: int) -> nn.Module:
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    if norm == "gn":
-        return nn.GroupNorm(GN_GROUPS, channels)
-    return nn.Identity()
-
-
-def _conv_norm(
-    in_ch: int, out_ch: int, kernel: int, norm: str | None, bias: bool = False
-) -> nn.Sequential:
-    """Conv (bias when asked or when there is no norm) followed by the norm layer."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias or norm is None)
-    return nn.Sequential(conv, _norm(norm, out_ch))
-
-
-class NASFPNStack(nn.Module):
-    """One pyramid: runs the genotype's cells on P3..P7 and returns the five output cells by level."""
-
-    def __init__(
-        self, genotype: NASFPNGenotype, channels: int, style: str, norm: str | None
-    ) -> None:
-        super().__init__()
-        self.genotype = genotype
-        self.style = style
-        self.additions = genotype.unused_additions()
-        # Cell output block: ReLU -> 3x3 conv -> norm; mmdet's merge cells keep the conv bias.
-        self.cells = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), *_conv_norm(channels, channels, 3, norm, style == "mmdet"))
-            for _ in genotype.cells
-        )
-
-    def forward(self, pyramid: Sequence[Tensor]) -> list[Tensor]:
-        sizes = [p.shape[-2:] for p in pyramid]
-        levels = self.genotype.pool_levels()
-        pool = list(pyramid)
-        for cell, block, added in zip(self.genotype.cells, self.cells, self.additions, strict=True):
-            i, j = sorted((cell.input1, cell.input2))  # tie rule: smaller index is the coarse one
-            size = sizes[cell.level - LEVELS[0]]
-            x1 = resample(pool[i], levels[i], cell.level, size)
-            x2 = resample(pool[j], levels[j], cell.level, size)
-            x = merge(cell.op, x1, x2, levels[i], levels[j], self.style)
-            for extra in added:
-                x = x + pool[extra]
-            pool.append(block(x))
-        outputs = dict(zip(self.genotype.output_levels, pool[-NUM_OUTPUTS:], strict=True))
-        return [outputs[level] for level in LEVELS]
-
-
-class NASFPNNeck(nn.Module):
-    """C3..C5 -> 1x1 projections -> P6/P7 by max pooling -> `stacks` NAS-FPN pyramids -> P3..P7.
-
-    style "tensorflow" (tensorflow/tpu): P6 = maxpool(P5), P7 = maxpool(P6), bias-free cell convs,
-    global_pool gated by the coarse input's global max. style "mmdet" (mmdetection NASFPN): a 1x1
-    conv + norm before each extra max pool, cell convs with bias, global_pool gated by the fine
-    input's global mean. Stacks have independent weights; the projection happens once.
-    """
-
-    def __init__(
-        self,
-        genotype: NASFPNGenotype,
-        in_channels: Sequence[int],
-        out_channels: int = 256,
-        *,
-        stacks: int = 1,
-        style: str = "tensorflow",
-        norm: str | None = "bn",
-    ) -> None:
-        super().__init__()
-        in_channels = list(in_channels)
-        if len(in_channels) != 3 or not all(_is_int(c) and c > 0 for c in in_channels):
-            raise NasSearchError(
-                f"nasfpn neck in_channels must be three positive channel counts (C3, C4, C5), "
-                f"got {in_channels}"
-            )
-        if not _is_int(out_channels) or out_channels < 1:
-            raise NasSearchError(f"nasfpn neck out_channels must be >= 1, got {out_channels!r}")
-        if not _is_int(stacks) or stacks < 1:
-            raise NasSearchError(f"nasfpn neck stacks must be an integer >= 1, got {stacks!r}")
-        if style not in STYLES:
-            raise NasSearchError(f"nasfpn neck style {style!r} must be one of {list(STYLES)}")
-        if norm not in NORMS:
-            raise NasSearchError(f"nasfpn neck norm {norm!r} must be one of {list(NORMS)}")
-        if norm == "gn" and out_channels % GN_GROUPS:
-            raise NasSearchError(
-                f"nasfpn neck out_channels {out_channels} must be divisible by {GN_GROUPS} "
-                "for norm 'gn'"
-            )
-        self.genotype = genotype
-        self.style = style
-        self.out_channels = out_channels
-        self.lateral = nn.ModuleList(_conv_norm(c, out_channels, 1, norm) for c in in_channels)
-        num_extra = len(LEVELS) - len(in_channels)
-        self.extra = nn.ModuleList(
-            _conv_norm(out_channels, out_channels, 1, norm) if style == "mmdet" else nn.Identity()
-            for _ in range(num_extra)
-        )
-        self.stacks = nn.ModuleList(
-            NASFPNStack(genotype, out_channels, style, norm) for _ in range(stacks)
-        )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        if len(feats) != len(self.lateral):
-            raise NasSearchError(
-                f"nasfpn neck expects {len(self.lateral)} feature maps (C3..C5), got {len(feats)}"
-            )
-        pyramid = [proj(f) for proj, f in zip(self.lateral, feats, strict=True)]
-        for extra in self.extra:  # P6, P7: stride-2 max pool (ceil for odd sizes)
-            pyramid.append(F.max_pool2d(extra(pyramid[-1]), 2, 2, ceil_mode=True))
-        for stack in self.stacks:
-            pyramid = stack(pyramid)
-        return pyramid

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nassearch.config import NeckConfig
+from nassearch.detectors.dense import PYRAMID_STRIDES
+from nassearch.detectors.ops.norm import GN_GROUPS, norm_layer
+from nassearch.detectors.registry import NECKS
 from nassearch.errors import NasSearchError
+from nassearch.search_spaces import Genotype
 
 __all__ = ["FPN", "ConvNorm"]
 
 EXTRA_SOURCES = ("input", "output")
 NORMS = (None, "bn", "gn")
-GN_GROUPS = 32
 
 
 class ConvNorm(nn.Sequential):
@@ -32,12 +37,11 @@ class ConvNorm(nn.Sequential):
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride, pad, bias=norm is None
         )
-        if norm == "bn":
-            self.norm = nn.BatchNorm2d(out_channels)
-        elif norm == "gn":
-            self.norm = nn.GroupNorm(GN_GROUPS, out_channels)
+        if norm is not None:
+            self.norm = norm_layer(norm, out_channels, where="fpn")
 
 
+@NECKS.register("fpn")
 class FPN(nn.Module):
     """Lateral 1x1 convs, top-down nearest upsampling + sum, 3x3 output convs, then extra levels.
 
@@ -46,6 +50,30 @@ class FPN(nn.Module):
     or the coarsest output (P5, `"output"`: FCOS); later ones read the previous extra level, through
     a ReLU when `relu_before_extra` (RetinaNet paper Sec. 4 / Detectron's P7).
     """
+
+    backbone_indices: ClassVar[tuple[int, ...]] = (2, 3, 4)  # C3..C5
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: NeckConfig,
+        in_channels: Sequence[int],
+        genotype: Genotype | None = None,
+        *,
+        default_extra: str = "input",
+    ) -> FPN:
+        """The neck of a `model.neck` section of type fpn (no genotype); `default_extra` is the
+        detector's convention for P6 when `extra_source` is not given (RetinaNet: input, FCOS:
+        output)."""
+        if genotype is not None:
+            raise NasSearchError("fpn neck: takes no genotype (use a searched neck type)")
+        return cls(
+            in_channels,
+            out_channels=cfg.out_channels,
+            num_outs=len(PYRAMID_STRIDES),
+            extra_source=cfg.extra_source or default_extra,
+            norm=cfg.norm,
+        )
 
     def __init__(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,27 +10,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from nassearch.errors import NasSearchError
+from nassearch.atomic import atomic_write
+from nassearch.errors import NasSearchError, first_line
 
-# Marks files written by `nassearch.proxy_eval.trainer.Trainer` (model + optimizer + RNG state).
+# Marks files written by `nassearch.engine.trainer.Trainer` (model + optimizer + RNG state).
 TRAINER_CHECKPOINT_FORMAT = "nassearch-trainer-checkpoint"
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write `state` with torch.save through a temp file + os.replace, so `path` is never left half-written."""
+    """Write `state` with torch.save atomically (temp file, fsync, rename): never left half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+
+    atomic_write(path, write, fsync=True)
     _fsync_dir(path.parent)
     return path
 
@@ -60,10 +55,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (
         Exception
     ) as exc:  # pickle, zip and weights_only errors all mean "not a readable checkpoint"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise NasSearchError(
             f"checkpoint {path}: cannot read it as a PyTorch checkpoint "
-            f"({type(exc).__name__}: {first_line})"
+            f"({type(exc).__name__}: {first_line(exc, default='')})"
         ) from exc
     if not isinstance(obj, dict):
         raise NasSearchError(

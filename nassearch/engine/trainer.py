@@ -33,7 +33,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nassearch.atomic import atomic_write_text
 from nassearch.config import TrainConfig
+from nassearch.console import silent
 from nassearch.data.collate import collate_detection
 from nassearch.device import use_bf16, use_channels_last
 from nassearch.distributed import (
@@ -42,15 +44,16 @@ from nassearch.distributed import (
     average_over_processes,
     broadcast_from_main,
 )
-from nassearch.errors import NasSearchError
-from nassearch.proxy_eval.checkpoint import (
+from nassearch.engine.checkpoint import (
     TRAINER_CHECKPOINT_FORMAT,
     is_trainer_checkpoint,
     load_checkpoint,
     load_state_checked,
     save_checkpoint,
 )
-from nassearch.proxy_eval.optim import build_optimizer, build_scheduler, lr_factor, total_iterations
+from nassearch.engine.optim import build_optimizer, build_scheduler, lr_factor, total_iterations
+from nassearch.errors import NasSearchError, first_line
+from nassearch.status import Status
 
 Evaluator = Callable[[nn.Module, int], dict[str, float]]
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -58,10 +61,10 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass
 class TrainResult:
-    """Outcome of `Trainer.fit`: status `ok`, `nan` (stopped on a non-finite loss), `timeout` or
-    `interrupted` (stopped on request, resumable)."""
+    """Outcome of `Trainer.fit`: status OK, NAN (stopped on a non-finite loss), TIMEOUT or
+    INTERRUPTED (stopped on request, resumable)."""
 
-    status: str
+    status: Status
     message: str
     epochs_completed: int
     iterations: int
@@ -207,7 +210,7 @@ class Trainer:
         self.evaluator = evaluator
         self.on_epoch_end = on_epoch_end
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.log = log
+        self.log = log or silent
         self.distributed = distributed
         # Ranks other than 0 of a distributed run write no files and print nothing.
         self.is_main_process = distributed is None or distributed.is_main
@@ -273,17 +276,17 @@ class Trainer:
         # Events up to the checkpoint (its last losses, its evaluation) stay; later ones are rewritten.
         writer = self._open_writer(purge_step=state.iteration + 1 if resume else None)
         bar = self._open_bar(state.iteration)
-        status, message = "ok", ""
+        status, message = Status.OK, ""
         try:
             self._train(state, writer, bar, started)
         except _NonFiniteLoss as exc:
-            status, message = "nan", str(exc)
+            status, message = Status.NAN, str(exc)
             state.last_losses = exc.losses
         except _TimeLimit as exc:
-            status, message = "timeout", str(exc)
+            status, message = Status.TIMEOUT, str(exc)
         except _StopRequested:
             self._save(state, state.epochs_completed, False, state.seconds(started))
-            status = "interrupted"
+            status = Status.INTERRUPTED
             message = (
                 f"stopped on request at iteration {state.iteration} of {self.total_iters}; "
                 "last.pth holds this step (continue with --resume)"
@@ -293,7 +296,7 @@ class Trainer:
                 bar.close()
             if writer is not None:
                 writer.close()
-        if status == "ok":
+        if status == Status.OK:
             message = f"trained {state.iteration} iterations ({state.epochs_completed} epochs)"
         return TrainResult(
             status=status,
@@ -551,11 +554,9 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
         except (ValueError, KeyError, RuntimeError) as exc:
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
             raise NasSearchError(
-                f"checkpoint {path}: optimizer/scheduler state does not fit this model ({first_line})"
+                f"checkpoint {path}: optimizer/scheduler state does not fit this model "
+                f"({first_line(exc)})"
             ) from exc
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
@@ -577,7 +578,7 @@ class Trainer:
     # -- logging
 
     def _emit(self, line: str) -> None:
-        if self.log is not None and self.is_main_process:
+        if self.is_main_process:
             self.log(line)
 
     def _open_writer(self, purge_step: int | None) -> Any:
@@ -650,6 +651,4 @@ class Trainer:
             with contextlib.suppress(ValueError):
                 if json.loads(line).get("iteration", 0) <= iteration:
                     kept.append(line)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(k + "\n" for k in kept))

@@ -1,6 +1,6 @@
 """Modulated deformable convolution v2 (Zhu et al. 2019, "Deformable ConvNets v2"), in plain PyTorch.
 
-Used by the NAS-FCOS search space (its `dconv3x3` op). Semantics and tensor layouts are those of
+Used by the NAS-FCOS ops (`def_conv_3x3`). Semantics and tensor layouts are those of
 ``torchvision.ops.deform_conv2d`` and mmcv's ``modulated_deform_conv2d``:
 
 * ``offset`` [B, 2*dg*kh*kw, Ho, Wo]: for deformable group ``g`` and kernel position ``k``

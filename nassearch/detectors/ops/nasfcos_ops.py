@@ -1,7 +1,5 @@
-"""NAS-FCOS op vocabularies (Wang et al., CVPR 2020) and the modules they name.
-
-The orders of `FPN_OPS`, `AGG_OPS` and `HEAD_OPS` are those of the released code
-(`nas/rl/genotypes.py`), so the released genotypes' integer indices decode to the same network.
+"""The modules NAS-FCOS's op vocabularies name (Wang et al., CVPR 2020; the vocabularies,
+in the released code's order, are part of the search space: `search_spaces/nasfcos.py`).
 
 Where biases and norms sit follows mmdetection's re-implementation, whose parameter counts we match
 exactly (`NASFCOS_FPN` 10,690,696 and `NASFCOSHead` 4,368,946 at 256 channels, 80 classes):
@@ -16,39 +14,15 @@ exactly (`NASFCOS_FPN` 10,690,696 and `NASFCOSHead` 4,368,946 at 256 channels, 8
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nassearch.detectors.ops.deform_conv import ModulatedDeformConv2d
+from nassearch.detectors.ops.norm import norm_layer
 from nassearch.errors import NasSearchError
-from nassearch.search_spaces.deform_conv import ModulatedDeformConv2d
+from nassearch.search_spaces.nasfcos import AGG_OPS, FPN_OPS, HEAD_OPS
 
-FPN_OPS = ("sep_conv_3x3", "sep_conv_3x3_dil3", "sep_conv_5x5_dil6", "skip_connect", "def_conv_3x3")
-AGG_OPS = ("psum", "cat")
-HEAD_OPS = (
-    "conv1x1",
-    "conv3x3",
-    "sep_conv_3x3",
-    "sep_conv_3x3_dil3",
-    "skip_connect",
-    "def_conv_3x3",
-)
-NORMS = ("bn", "gn")
-UPSAMPLE_MODES = ("bilinear", "nearest")
 # (kernel, dilation) of the separable convs.
 _SEP = {"sep_conv_3x3": (3, 1), "sep_conv_3x3_dil3": (3, 3), "sep_conv_5x5_dil6": (5, 6)}
-
-
-def norm_layer(norm: str, channels: int, gn_groups: int = 32) -> nn.Module:
-    """BatchNorm2d ('bn') or GroupNorm(gn_groups) ('gn') over `channels`."""
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    if norm == "gn":
-        if gn_groups <= 0 or channels % gn_groups:
-            raise NasSearchError(
-                f"norm 'gn': gn_groups={gn_groups} must divide the {channels} channels"
-            )
-        return nn.GroupNorm(gn_groups, channels)
-    raise NasSearchError(f"unknown norm {norm!r} (use one of {', '.join(NORMS)})")
 
 
 class SepConv(nn.Sequential):
@@ -62,7 +36,7 @@ class SepConv(nn.Sequential):
             nn.Conv2d(channels, channels, kernel, padding=pad, dilation=dilation,
                       groups=channels, bias=False),
             nn.Conv2d(channels, channels, 1, bias=False),
-            norm_layer(norm, channels, gn_groups),
+            norm_layer(norm, channels, gn_groups, allow_none=False),
             nn.ReLU(inplace=True),
         )  # fmt: skip
 
@@ -73,7 +47,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, channels: int, kernel: int, norm: str, gn_groups: int = 32) -> None:
         super().__init__(
             nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False),
-            norm_layer(norm, channels, gn_groups),
+            norm_layer(norm, channels, gn_groups, allow_none=False),
             nn.ReLU(inplace=True),
         )
 
@@ -84,7 +58,7 @@ class DefConv(nn.Sequential):
     def __init__(self, channels: int, norm: str, gn_groups: int = 32) -> None:
         super().__init__(
             ModulatedDeformConv2d(channels, channels, 3, padding=1, deform_groups=2, bias=True),
-            norm_layer(norm, channels, gn_groups),
+            norm_layer(norm, channels, gn_groups, allow_none=False),
             nn.ReLU(inplace=True),
         )
 
@@ -133,7 +107,7 @@ class ConcatReduce(nn.Module):
 
     def __init__(self, channels: int, norm: str = "bn", gn_groups: int = 32) -> None:
         super().__init__()
-        self.norm = norm_layer(norm, 2 * channels, gn_groups)
+        self.norm = norm_layer(norm, 2 * channels, gn_groups, allow_none=False)
         self.act = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(2 * channels, channels, 1, groups=channels, bias=False)
 
@@ -148,12 +122,3 @@ def build_agg(name: str, channels: int, norm: str = "bn", gn_groups: int = 32) -
     if name == "cat":
         return ConcatReduce(channels, norm, gn_groups)
     raise NasSearchError(f"unknown aggregation {name!r} (use one of {', '.join(AGG_OPS)})")
-
-
-def resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Resize to `size` (no-op when already there); bilinear uses align_corners=False."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if mode == "bilinear":
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return F.interpolate(x, size=size, mode=mode)
