@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -153,6 +154,9 @@ class DetectorConfig(Strict):
     # The searched architecture when neck.type is a search space: a named genotype of that space
     # (PAPER, FPN, PAPER_FPN_ONLY), a genotype mapping, or the path of an exported arch-k.yaml.
     genotype: str | dict[str, Any] | None = None
+    # `model.genotype` resolved (name, file or mapping -> Genotype) when the config was loaded,
+    # with the spelling it was resolved from; see `resolved_genotype`.
+    _resolved: tuple[str, Any] | None = PrivateAttr(default=None)
     num_convs: int = Field(4, ge=0)
     feat_channels: int = Field(256, ge=8)
     head_norm: Literal["bn", "gn"] | None = None
@@ -163,6 +167,23 @@ class DetectorConfig(Strict):
     nms_thresh: float = Field(0.5, gt=0, le=1)
     topk_candidates: int = Field(1000, ge=1)
     detections_per_img: int = Field(100, ge=1)
+
+    def _spelling(self) -> str:
+        return json.dumps([self.neck.type, self.genotype], sort_keys=True, default=str)
+
+    def remember_genotype(self, genotype: Any) -> None:
+        """Keep `model.genotype` resolved (at config load), so builders need not read it again."""
+        self._resolved = (self._spelling(), genotype)
+
+    def resolved_genotype(self) -> Any | None:
+        """The Genotype resolved at load, if `model.genotype` still reads as it did then.
+
+        The config keeps the user's spelling (`PAPER`, a file path), which saved configs and
+        ONNX metadata show; a copy whose genotype or neck type changed resolves again.
+        """
+        if self._resolved is not None and self._resolved[0] == self._spelling():
+            return self._resolved[1]
+        return None
 
 
 class RetinaNetConfig(DetectorConfig):
@@ -427,17 +448,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def validate_config(
-    raw: dict[str, Any], source: str = "<config>", *, require_data: bool = True
+    raw: dict[str, Any],
+    source: str = "<config>",
+    *,
+    require_data: bool = True,
+    check_space: bool = True,
 ) -> ExperimentConfig:
     """Validate a raw mapping; the first problem becomes one line naming `source` and the dotted key.
 
     `require_data=False` skips the data-root check, for commands that never read images (summary).
+    `check_space=False` skips building the search space from `search.space_options`: for a Ray
+    trial, which receives the config the driver already validated and parses its one genotype.
     """
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise NasSearchError(f"{source}: {format_validation_error(exc)}") from None
-    _check_consistency(cfg, source, require_data=require_data)
+    _check_consistency(cfg, source, require_data=require_data, check_space=check_space)
     return cfg
 
 
@@ -542,7 +569,9 @@ def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
     return out
 
 
-def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool) -> None:
+def _check_consistency(
+    cfg: ExperimentConfig, source: str, *, require_data: bool, check_space: bool
+) -> None:
     if require_data and cfg.data.type == "coco" and not cfg.data.root:
         raise NasSearchError(
             f"{source}: data.root: required for COCO data; pass --set data.root=/path/to/coco"
@@ -553,7 +582,8 @@ def _check_consistency(cfg: ExperimentConfig, source: str, *, require_data: bool
             f"{cfg.model.pos_iou_thr}"
         )
     _check_genotype(cfg, source)
-    _check_space(cfg, source)
+    if check_space:
+        _check_space(cfg, source)
     lo, hi = cfg.input.scale_range
     if not 0 < lo <= hi:
         raise NasSearchError(f"{source}: input.scale_range: need 0 < low <= high, got {[lo, hi]}")
@@ -611,3 +641,4 @@ def _check_genotype(cfg: ExperimentConfig, source: str) -> None:
         raise NasSearchError(
             f"{source}: model.genotype: searches a NAS-FCOS head, which needs model.type fcos"
         )
+    model.remember_genotype(genotype)

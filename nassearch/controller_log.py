@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nassearch.controllers.base import ControllerUpdate
-from nassearch.records import RecordWriter, iter_records
+from nassearch.jsonl import JsonlWriter, read_jsonl
 
 CONTROLLER_LOG = "controller.jsonl"
 
@@ -41,7 +41,7 @@ class ControllerLog:
             )
         if update.update <= self._written:
             return
-        with RecordWriter(self.path) as writer:
+        with JsonlWriter(self.path) as writer:
             writer.append({"stage": self.stage, **asdict(update)})
         self._written = update.update
 
@@ -51,7 +51,7 @@ class ControllerLog:
 
 def read_controller_log(path: str | Path) -> list[dict[str, Any]]:
     """Every update line of a controller.jsonl (none if the file does not exist)."""
-    return list(iter_records(path)) if Path(path).is_file() else []
+    return read_jsonl(path)
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,11 @@ from nassearch.output_paths import check_output_folder
 from nassearch.ranking import (
     REEVALUATION_FILE,
     RankedArchitecture,
-    is_successful,
-    rank_architectures,
+    rank_records,
     read_reevaluations,
 )
 from nassearch.recipes import PAPER_RECIPES, RECIPE_CHOICES, Recipe
-from nassearch.records import RECORD_FILE, read_records
+from nassearch.records import RECORD_FILE, ArchitectureRecord, read_records
 from nassearch.search_spaces import Genotype, genotype_from_dict
 
 CONFIG_FILE = "config.yaml"  # the resolved search config `nassearch run` saves (search.py)
@@ -58,7 +57,7 @@ class Experiment:
     path: Path
     config: ExperimentConfig
     config_sha256: str
-    records: list[dict[str, Any]]
+    records: list[ArchitectureRecord]
     # Re-evaluation scores per genotype key (search.reevaluate_top), empty if none were run.
     reevaluations: dict[str, list[float]] = field(default_factory=dict)
 
@@ -85,7 +84,7 @@ class ExportedArchitecture:
     arch_path: Path
     retrain_path: Path
     image_path: Path
-    record: dict[str, Any] = field(repr=False, compare=False)
+    record: ArchitectureRecord = field(repr=False, compare=False)
     reward_text: str = ""  # `mean ± std (n=…)` when it has several scores
 
 
@@ -148,7 +147,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def _no_architecture_error(exp: Experiment) -> NasSearchError:
     records = exp.records
-    good_baselines = [r for r in records if r.get("baseline") and is_successful(r)]
+    good_baselines = [r for r in records if r.baseline and r.successful]
     if good_baselines:
         return NasSearchError(
             f"{exp.records_path}: no successful searched architecture; "
@@ -156,26 +155,26 @@ def _no_architecture_error(exp: Experiment) -> NasSearchError:
         )
     statuses: dict[str, int] = {}
     for r in records:
-        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     return NasSearchError(
         f"{exp.records_path}: no successful architecture among {len(records)} record(s) ({counts})"
     )
 
 
-def _where(exp: Experiment, record: dict[str, Any]) -> str:
+def _where(exp: Experiment, record: ArchitectureRecord) -> str:
     index = next(i for i, r in enumerate(exp.records, start=1) if r is record)
-    return f"{exp.records_path}: record {index} (trial {record.get('trial_id')})"
+    return f"{exp.records_path}: record {index} (trial {record.trial_id})"
 
 
-def record_genotype(exp: Experiment, record: dict[str, Any]) -> Genotype:
+def record_genotype(exp: Experiment, record: ArchitectureRecord) -> Genotype:
     """The record's genotype, validated by its space (with the search's space options)."""
-    data = record.get("genotype")
-    if not isinstance(data, dict):
+    data = record.genotype
+    if data is None:
         raise NasSearchError(f"{_where(exp, record)}: genotype: missing or not a mapping")
     # A baseline is a published genotype outside the searched space (the 7-cell FPN beside a
     # 5-cell search): it carries its own structure, so only searched records must fit the options.
-    options = {} if record.get("baseline") else exp.config.search.space_options
+    options = {} if record.baseline else exp.config.search.space_options
     try:  # records always name their space; a hand-written one may leave it to the search's
         data = {"space": exp.config.search.space, **data}
         return genotype_from_dict(data, **options)
@@ -361,10 +360,10 @@ def arch_document(
         "rank": rank,
         "space": genotype.space,
         "key": genotype.key(),
-        "baseline": bool(record.get("baseline")),
+        "baseline": record.baseline,
         "genotype": genotype.to_dict(),
         "proxy_metrics": {
-            name: _number(record.get(name))
+            name: getattr(record, name)
             for name in ("reward", "ap", "ap50", "val_loss", "params", "macs", "latency_ms")
         },
         "reward_mean": ranked.mean,
@@ -373,12 +372,12 @@ def arch_document(
         "reevaluated_scores": ranked.reevaluated,
         "provenance": {
             "experiment": str(exp.path.resolve()),
-            "trial_id": record.get("trial_id"),
-            "controller_step": record.get("controller_step"),
-            "candidate_id": record.get("candidate_id"),
-            "recorded": record.get("time"),
+            "trial_id": record.trial_id,
+            "controller_step": record.controller_step,
+            "candidate_id": record.candidate_id,
+            "recorded": record.time,
             # Progressive NAS-FCOS searches record their stage (fpn, then head on the best FPN).
-            "stage": record.get("stage"),
+            "stage": record.stage,
             "search_space_options": dict(exp.config.search.space_options),
             "config": str(exp.config_path.resolve()),
             "config_sha256": exp.config_sha256,
@@ -404,7 +403,7 @@ def _plan(
             f"{_where(exp, record)}: cannot make its retrain config: {exc}"
         ) from None
     what = f"Architecture #{rank} ({genotype.space} {genotype.key()})"
-    origin = f"the search in {exp.path.resolve()} (trial {record.get('trial_id')}"
+    origin = f"the search in {exp.path.resolve()} (trial {record.trial_id}"
     arch_header = [
         f"{what} of {origin}), exported by `nassearch export`. Proxy metrics are the search's "
         "(macs: multiply-adds per image at the proxy input size).",
@@ -445,8 +444,8 @@ def _write_planned(item: _Planned, out: Path) -> ExportedArchitecture:
         key=item.genotype.key(),
         space=item.genotype.space,
         reward=item.ranked.mean,
-        trial_id=item.ranked.record.get("trial_id"),
-        baseline=bool(item.ranked.record.get("baseline")),
+        trial_id=item.ranked.record.trial_id,
+        baseline=item.ranked.record.baseline,
         arch_path=arch,
         retrain_path=retrain,
         image_path=image,
@@ -459,21 +458,17 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if _number(value) is None else format(value, spec)
 
 
-def _baseline_name(record: dict[str, Any]) -> str:
-    return str(record.get("trial_id") or "").removeprefix("baseline-") or "?"
-
-
 def leaderboard(
     exp: Experiment,
     exported: list[ExportedArchitecture],
-    reference: list[dict[str, Any]],
+    reference: list[ArchitectureRecord],
     *,
     recipe: str,
 ) -> str:
     """leaderboard.md: one table row per exported architecture, then baseline rows for reference."""
-    searched = [r for r in exp.records if not r.get("baseline")]
-    ok = [r for r in searched if is_successful(r)]
-    unique = {r.get("key") for r in ok}
+    searched = [r for r in exp.records if not r.baseline]
+    ok = [r for r in searched if r.successful]
+    unique = {r.key for r in ok}
     baselines = len(exp.records) - len(searched)
     lines = [
         f"# Top {len(exported)} architectures of `{exp.config.name}`",
@@ -498,9 +493,9 @@ def leaderboard(
     rows = [(str(e.rank), e.record, e) for e in exported]
     rows += [("—", r, None) for r in reference]
     for rank, record, item in rows:
-        if record.get("baseline"):
-            rank += f" (baseline {_baseline_name(record)})"
-        macs = _number(record.get("macs"))
+        if record.baseline:
+            rank += f" (baseline {record.name or '?'})"
+        macs = record.macs
         files = (
             "—"
             if item is None
@@ -510,11 +505,11 @@ def leaderboard(
             )
         )
         lines.append(
-            f"| {rank} | `{record.get('key')}` | "
-            f"{item.reward_text if item is not None else _fmt(record.get('reward'), '.4f')} "
-            f"| {_fmt(record.get('ap'), '.3f')} | {_fmt(record.get('ap50'), '.3f')} "
-            f"| {_fmt(record.get('params'), ',')} | {_fmt(macs and macs / 1e9, '.2f')} "
-            f"| {_fmt(record.get('latency_ms'), '.1f')} | {record.get('trial_id')} | {files} |"
+            f"| {rank} | `{record.key}` | "
+            f"{item.reward_text if item is not None else _fmt(record.reward, '.4f')} "
+            f"| {_fmt(record.ap, '.3f')} | {_fmt(record.ap50, '.3f')} "
+            f"| {_fmt(record.params, ',')} | {_fmt(macs and macs / 1e9, '.2f')} "
+            f"| {_fmt(record.latency_ms, '.1f')} | {record.trial_id} | {files} |"
         )
     exported_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lines += ["", f"Exported {exported_at} by `nassearch export`."]
@@ -544,7 +539,7 @@ def export_top(
     log = log or silent
     exp = load_experiment(exp_dir if exp_dir is not None else latest_experiment(runs_dir))
     out = check_output_folder(out if out is not None else exp.path / "export")
-    ranked = rank_architectures(exp.records, exp.reevaluations, include_baselines=include_baselines)
+    ranked = rank_records(exp.records, exp.reevaluations, include_baselines=include_baselines)
     if not ranked:
         raise _no_architecture_error(exp)
     if top > len(ranked):
@@ -561,9 +556,7 @@ def export_top(
     if include_baselines:
         chosen_ids = {id(a.record) for a in chosen}
         reference = [
-            r
-            for r in exp.records
-            if r.get("baseline") and is_successful(r) and id(r) not in chosen_ids
+            r for r in exp.records if r.baseline and r.successful and id(r) not in chosen_ids
         ]
     out.mkdir(parents=True, exist_ok=True)
     exported = []

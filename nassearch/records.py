@@ -1,27 +1,160 @@
-"""`runs/<name>/architectures.jsonl`: the durable record of a search, one JSON object per line.
+"""`runs/<name>/architectures.jsonl`: the durable record of a search, one `ArchitectureRecord` a line.
 
 The search driver is the only writer; every record is flushed and fsynced before the next one, so
-a killed driver loses at most the line it was writing. Readers skip a truncated or corrupt line
-with a warning instead of failing: export and reports must work on the record of a crashed search.
+a killed driver loses at most the line it was writing. Readers skip a truncated or corrupt line,
+or one that does not fit the schema, with a warning instead of failing: export and reports must
+work on the record of a crashed search. Files written by older versions still read: renamed keys
+are read under their new name and keys this version does not know are kept (`extra`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
-import os
-import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nassearch.errors import NasSearchError, NasSearchWarning
+from nassearch.errors import NasSearchError
+from nassearch.jsonl import JsonlWriter, iter_jsonl, json_safe, warn_line
+from nassearch.proxy_result import ProxyResult
+from nassearch.status import Status
+from nassearch.trial_spec import TrialSpec
 
 RECORD_FILE = "architectures.jsonl"
 # Keys renamed since records were first written: old -> new (read back under the new name).
 RENAMED_KEYS = {"flops": "macs"}
-# A proxy evaluation's result fields as a record holds them (a resumed trial re-reports them).
-RESULT_FIELDS = (
+
+
+@dataclass(frozen=True)
+class ArchitectureRecord:
+    """One evaluated architecture: what it is, how its proxy evaluation went, where it came from.
+
+    Missing numbers are None (null in the file). `scores` are every proxy score (one per
+    `proxy.repeats` seed), `reward` their mean; `metrics` the reward split's COCO metrics.
+    """
+
+    status: Status
+    reward: float | None = None
+    trial_id: str = ""
+    genotype: dict[str, Any] | None = None  # the genotype's mapping (`genotype_from_dict`)
+    key: str | None = None
+    baseline: bool = False
+    message: str = ""
+    ap: float | None = None
+    ap50: float | None = None
+    val_loss: float | None = None
+    params: int | None = None
+    macs: int | None = None
+    latency_ms: float | None = None
+    train_seconds: float | None = None
+    scores: tuple[float, ...] = ()
+    reward_std: float | None = None
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    stage: str | None = None  # the progressive search's stage (fpn, head); None otherwise
+    controller_step: int | None = None  # None for baselines
+    candidate_id: int | None = None
+    time: str | None = None  # when the driver wrote it, ISO 8601 UTC
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # unknown keys, kept
+
+    @classmethod
+    def from_result(
+        cls,
+        result: ProxyResult,
+        spec: TrialSpec,
+        *,
+        trial_id: str,
+        baseline: bool = False,
+        stage: str | None = None,
+    ) -> ArchitectureRecord:
+        """The record of a finished trial (or baseline), stamped with the current time."""
+        values = result.to_dict()
+        reported_key = values.pop("genotype_key")
+        key = spec.genotype_key or reported_key or None
+        return cls.from_dict(
+            {
+                **values,
+                "genotype": spec.genotype,
+                "key": key,
+                "controller_step": spec.controller_step,
+                "candidate_id": spec.candidate_id,
+                "trial_id": trial_id,
+                "baseline": baseline,
+                "stage": stage,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+
+    def to_result(self) -> ProxyResult:
+        """The proxy result this record holds (a resumed trial re-reports it)."""
+        values = {name: getattr(self, name) for name in _RESULT_FIELDS}
+        return ProxyResult.from_report(
+            values | {"genotype_key": self.key or "", "scores": list(self.scores)}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The line as written: every field but `stage` when unset; unknown keys come back."""
+        line: dict[str, Any] = dict(self.extra)
+        for f in fields(self):
+            if f.name == "extra" or (f.name == "stage" and self.stage is None):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            line[f.name] = value
+        return json_safe(line)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchitectureRecord:
+        """Parse one line; raises `ValueError` naming the field that does not fit."""
+        data = dict(data)
+        for old, new in RENAMED_KEYS.items():
+            if old in data and new not in data:
+                data[new] = data.pop(old)
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values: dict[str, Any] = {"extra": {k: v for k, v in data.items() if k not in known}}
+        for name in known & data.keys():
+            parse = _PARSERS.get(name, _identity)
+            try:
+                values[name] = parse(data[name])
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: {data[name]!r} does not fit") from None
+        if "status" not in values:
+            raise ValueError("status: missing")
+        return cls(**values)
+
+    # --- what ranking, export and the console ask of a record ---
+
+    @property
+    def successful(self) -> bool:
+        """Trained and scored: status ok and a finite reward (failures carry a stand-in reward)."""
+        return self.status == Status.OK and self.reward is not None
+
+    @property
+    def identity(self) -> str:
+        """The genotype key; a hand-written record without one is known by its genotype."""
+        if self.key:
+            return self.key
+        return json.dumps(self.genotype, sort_keys=True, default=str)
+
+    @property
+    def all_scores(self) -> list[float]:
+        """Every proxy score of a successful record: `scores` (proxy.repeats), else its reward."""
+        if not self.successful:
+            return []
+        return list(self.scores) if self.scores else [self.reward]
+
+    @property
+    def name(self) -> str:
+        """A baseline's name (FPN, PAPER, ...) or the trial id."""
+        return self.trial_id.removeprefix("baseline-") if self.baseline else self.trial_id
+
+
+_RESULT_FIELDS = (
     "reward",
     "status",
     "message",
@@ -32,40 +165,115 @@ RESULT_FIELDS = (
     "macs",
     "latency_ms",
     "train_seconds",
-    "scores",
+    "metrics",
     "reward_std",
 )
 
 
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so every line parses with any JSON reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+def _identity(value: Any) -> Any:
     return value
 
 
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(value)
+    return value
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _string(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _scores(value: Any) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(value)
+    return tuple(s for s in (_number(v) for v in value) if s is not None)
+
+
+def _metrics(value: Any) -> dict[str, float | None]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(value)
+    return {str(k): _number(v) for k, v in value.items()}
+
+
+def _genotype(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(value)
+    return None if value is None else dict(value)
+
+
+def _flag(value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise TypeError(value)
+    return value
+
+
+_PARSERS = {
+    "status": Status,
+    "reward": _number,
+    "trial_id": _string,
+    "genotype": _genotype,
+    "key": _optional_str,
+    "baseline": _flag,
+    "message": _string,
+    "ap": _number,
+    "ap50": _number,
+    "val_loss": _number,
+    "params": _count,
+    "macs": _count,
+    "latency_ms": _number,
+    "train_seconds": _number,
+    "scores": _scores,
+    "reward_std": _number,
+    "metrics": _metrics,
+    "stage": _optional_str,
+    "controller_step": _optional_int,
+    "candidate_id": _optional_int,
+    "time": _optional_str,
+}
+
+
 class RecordWriter:
-    """Appends records to an architectures.jsonl file (creating it and its folder if needed)."""
+    """Appends `ArchitectureRecord`s to an architectures.jsonl file (fsynced, see `jsonl`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair_tail()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
+        self._writer = JsonlWriter(self.path)
 
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(json_safe(record), sort_keys=True, allow_nan=False)
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    def append(self, record: ArchitectureRecord) -> None:
+        self._writer.append(record.to_dict())
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._writer.close()
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -73,46 +281,18 @@ class RecordWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _repair_tail(self) -> None:
-        # A driver killed mid-write leaves a last line without "\n"; new records must not be glued
-        # onto it, so end the file with a newline (the broken line is then skipped by readers).
-        if self.path.is_file() and self.path.stat().st_size > 0:
-            with open(self.path, "rb+") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
 
-
-def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+def iter_records(path: str | Path) -> Iterator[ArchitectureRecord]:
     """Every well-formed record in file order; bad lines are skipped with a warning naming them."""
     path = Path(path)
     if not path.is_file():
         raise NasSearchError(f"{path}: no architecture record (was a search run in this folder?)")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(
-                    f"{path}:{number}: skipping a truncated or corrupt record",
-                    NasSearchWarning,
-                    stacklevel=2,
-                )
-                continue
-            if not isinstance(record, dict):
-                warnings.warn(
-                    f"{path}:{number}: skipping a record that is not an object",
-                    NasSearchWarning,
-                    stacklevel=2,
-                )
-                continue
-            for old, new in RENAMED_KEYS.items():
-                if old in record and new not in record:
-                    record[new] = record.pop(old)
-            yield record
+    for number, line in iter_jsonl(path):
+        try:
+            yield ArchitectureRecord.from_dict(line)
+        except ValueError as exc:
+            warn_line(path, number, f"a record that does not fit the schema ({exc})")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
+def read_records(path: str | Path) -> list[ArchitectureRecord]:
     return list(iter_records(path))

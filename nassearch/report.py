@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from nassearch.atomic import atomic_write, atomic_write_text
 from nassearch.controller_log import CONTROLLER_LOG, read_controller_log, reward_trend
 from nassearch.export import Experiment, load_experiment, record_genotype
 from nassearch.output_paths import check_output_folder
-from nassearch.ranking import RankedArchitecture, is_successful, rank_architectures, record_reward
+from nassearch.ranking import RankedArchitecture, rank_records
+from nassearch.records import ArchitectureRecord
 
 Cost = Literal["macs", "params", "latency_ms"]
 COST_FIELD = {"macs": "macs", "params": "params", "latency_ms": "latency_ms"}
@@ -44,8 +45,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _cost(record: dict[str, Any], cost: Cost) -> float | None:
-    value = record.get(COST_FIELD[cost])
+def _cost(record: ArchitectureRecord, cost: Cost) -> float | None:
+    value = getattr(record, COST_FIELD[cost])
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return None if value <= 0 else float(value) * COST_SCALE[cost]
@@ -71,18 +72,18 @@ def _show_bulk(ax, values: list[float]) -> None:
         )
 
 
-def _searched(exp: Experiment) -> list[dict[str, Any]]:
-    return [r for r in exp.records if not r.get("baseline")]
+def _searched(exp: Experiment) -> list[ArchitectureRecord]:
+    return [r for r in exp.records if not r.baseline]
 
 
-def _baselines(exp: Experiment) -> list[dict[str, Any]]:
-    return [r for r in exp.records if r.get("baseline") and is_successful(r)]
+def _baselines(exp: Experiment) -> list[ArchitectureRecord]:
+    return [r for r in exp.records if r.baseline and r.successful]
 
 
 def _reward_panel(ax, exp: Experiment) -> None:
     searched = _searched(exp)
-    xs = [i for i, r in enumerate(searched, start=1) if is_successful(r)]
-    ys = [record_reward(searched[i - 1]) for i in xs]
+    xs = [i for i, r in enumerate(searched, start=1) if r.successful]
+    ys = [searched[i - 1].reward for i in xs]
     ax.scatter(xs, ys, s=10, color="tab:blue", alpha=0.6, label="architecture")
     running, best = [], -math.inf
     for y in ys:
@@ -90,10 +91,10 @@ def _reward_panel(ax, exp: Experiment) -> None:
         running.append(best)
     ax.step(xs, running, where="post", color="tab:red", label="running best")
     for record, color in zip(_baselines(exp), ("black", "tab:green", "tab:purple"), strict=False):
-        name = str(record.get("trial_id", "")).removeprefix("baseline-")
-        ax.axhline(record_reward(record), color=color, ls="--", lw=1, label=f"baseline {name}")
+        name = record.name
+        ax.axhline(record.reward, color=color, ls="--", lw=1, label=f"baseline {name}")
     _show_bulk(ax, ys)
-    stages = [r.get("stage") for r in searched]
+    stages = [r.stage for r in searched]
     for i in range(1, len(stages)):
         if stages[i] != stages[i - 1]:
             ax.axvline(i + 0.5, color="gray", ls=":", lw=1)
@@ -131,9 +132,9 @@ def _controller_panel(ax, exp: Experiment) -> str:
     return "; ".join(lines)
 
 
-def _cost_panel(ax, exp: Experiment, cost: Cost) -> list[dict[str, Any]]:
-    ok = [r for r in _searched(exp) if is_successful(r) and _cost(r, cost) is not None]
-    points = [(_cost(r, cost), record_reward(r)) for r in ok]
+def _cost_panel(ax, exp: Experiment, cost: Cost) -> list[ArchitectureRecord]:
+    ok = [r for r in _searched(exp) if r.successful and _cost(r, cost) is not None]
+    points = [(_cost(r, cost), r.reward) for r in ok]
     ax.scatter(
         [p[0] for p in points], [p[1] for p in points], s=10, alpha=0.5, label="architecture"
     )
@@ -149,11 +150,11 @@ def _cost_panel(ax, exp: Experiment, cost: Cost) -> list[dict[str, Any]]:
     for record in _baselines(exp):
         value = _cost(record, cost)
         if value is not None:
-            name = str(record.get("trial_id", "")).removeprefix("baseline-")
-            ax.scatter([value], [record_reward(record)], marker="*", s=120, color="black", zorder=3)
+            name = record.name
+            ax.scatter([value], [record.reward], marker="*", s=120, color="black", zorder=3)
             ax.annotate(
                 name,
-                (value, record_reward(record)),
+                (value, record.reward),
                 fontsize=7,
                 xytext=(5, 3),
                 textcoords="offset points",
@@ -202,7 +203,7 @@ def write_report(
     if cost not in COST_FIELD:
         raise NasSearchError(f"--cost: {cost!r} (expected one of {', '.join(COST_FIELD)})")
     exp = load_experiment(exp_dir)
-    ranked = rank_architectures(exp.records, exp.reevaluations)
+    ranked = rank_records(exp.records, exp.reevaluations)
     if not ranked:
         raise NasSearchError(f"{exp.records_path}: no successful searched architecture to report")
     out = check_output_folder(out if out is not None else exp.path)
@@ -228,12 +229,12 @@ def write_report(
 def _markdown(
     exp: Experiment,
     ranked: list[RankedArchitecture],
-    front: list[dict[str, Any]],
+    front: list[ArchitectureRecord],
     trend: str,
     cost: Cost,
 ) -> str:
     searched = _searched(exp)
-    ok = [r for r in searched if is_successful(r)]
+    ok = [r for r in searched if r.successful]
     lines = [
         f"# Search report: `{exp.config.name}`",
         "",
@@ -249,20 +250,18 @@ def _markdown(
     rows = [(f"#{i}", a.record, a.describe()) for i, a in enumerate(ranked[:5], start=1)]
     rows += [
         (
-            f"baseline {str(r.get('trial_id')).removeprefix('baseline-')}",
+            f"baseline {r.name}",
             r,
-            f"{record_reward(r):.4f}",
+            f"{r.reward:.4f}",
         )
         for r in _baselines(exp)
     ]
     for name, r, reward in rows:
-        macs = r.get("macs") or 0
-        lines.append(
-            f"| {name} | `{r.get('key')}` | {reward} | {r.get('params') or 0:,} | {macs / 1e9:.2f} |"
-        )
+        macs = r.macs or 0
+        lines.append(f"| {name} | `{r.key}` | {reward} | {r.params or 0:,} | {macs / 1e9:.2f} |")
     lines += ["", f"Pareto front over {COST_LABEL[cost]} ({len(front)} architectures):", ""]
     lines += [
-        f"- `{r.get('key')}`: reward {record_reward(r):.4f}, {_cost(r, cost):.3g} {COST_LABEL[cost]}"
+        f"- `{r.key}`: reward {r.reward:.4f}, {_cost(r, cost):.3g} {COST_LABEL[cost]}"
         for r in front
     ]
     return "\n".join(lines) + "\n"

@@ -9,7 +9,6 @@ final top-5 table.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -33,19 +32,14 @@ from nassearch.controllers import build_controller
 from nassearch.controllers.tune_searcher import ControllerSearcher
 from nassearch.device import torch_threads
 from nassearch.errors import NasSearchError
+from nassearch.jsonl import JsonlWriter
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
 from nassearch.proxy_eval.proxy_task import evaluate_repeated, repeat_seed
 from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
 from nassearch.proxy_eval.trial import proxy_trial
-from nassearch.ranking import (
-    REEVALUATION_FILE,
-    is_successful,
-    rank_architectures,
-    read_reevaluations,
-    record_reward,
-    record_scores,
-)
-from nassearch.records import RECORD_FILE, RESULT_FIELDS, RecordWriter, read_records
+from nassearch.proxy_result import ProxyResult
+from nassearch.ranking import REEVALUATION_FILE, rank_records, read_reevaluations
+from nassearch.records import RECORD_FILE, ArchitectureRecord, RecordWriter, read_records
 from nassearch.search_spaces import approx_count, get_space, named_genotypes
 from nassearch.signal_check import FIRST_REWARDS, no_signal_warning, pooled_seed_std
 from nassearch.status import Status
@@ -143,9 +137,9 @@ def first_stage(cfg: ExperimentConfig) -> Stage:
     return Stage("fpn", {**search.space_options, "part": "fpn"}, search.num_architectures)
 
 
-def head_stage(cfg: ExperimentConfig, records: list[dict[str, Any]]) -> Stage:
+def head_stage(cfg: ExperimentConfig, records: list[ArchitectureRecord]) -> Stage:
     """Stage 2 of a progressive search: the head, on the best FPN stage 1 found (paper Sec. 3.3)."""
-    found = rank_architectures(r for r in records if r.get("stage") == "fpn")
+    found = rank_records(r for r in records if r.stage == "fpn")
     if not found:
         raise NasSearchError(
             "search.progressive: stage 1 found no successful FPN, so there is no FPN to search a "
@@ -153,7 +147,7 @@ def head_stage(cfg: ExperimentConfig, records: list[dict[str, Any]]) -> Stage:
         )
     best = found[0].record
     search = cfg.search
-    options = {**search.space_options, "part": "head", "fpn": best["genotype"]["fpn"]}
+    options = {**search.space_options, "part": "head", "fpn": best.genotype["fpn"]}
     options.pop("num_cells", None)  # the fixed FPN brings its own cells
     return Stage("head", options, search.head_architectures or search.num_architectures)
 
@@ -174,33 +168,15 @@ def check_resources(cfg: ExperimentConfig) -> None:
             )
 
 
-def record_of(result: dict[str, Any], spec: TrialSpec, **extra: Any) -> dict[str, Any]:
-    record = {field: result.get(field) for field in RESULT_FIELDS}
-    record.update(
-        genotype=spec.genotype,
-        key=spec.genotype_key or result.get("genotype_key"),
-        controller_step=spec.controller_step,
-        candidate_id=spec.candidate_id,
-        metrics={k[5:]: v for k, v in result.items() if k.startswith("coco/")},
-        time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **extra,
-    )
-    return record
-
-
-def format_line(record: dict[str, Any], rewards: list[float], total: int) -> str:
+def format_line(record: ArchitectureRecord, rewards: list[float], total: int) -> str:
     """`[done/total] status reward rank key seconds` for one finished architecture."""
     done = len(rewards)
-    reward = record["reward"]
+    reward = record.reward
     rank = 1 + sum(r > reward for r in rewards) if reward is not None else done
-    tag = (
-        "baseline " + record["trial_id"].removeprefix("baseline-")
-        if record.get("baseline")
-        else f"{done}/{total}"
-    )
+    tag = f"baseline {record.name}" if record.baseline else f"{done}/{total}"
     return (
-        f"[{tag}] {record['status']:<7} reward {reward if reward is not None else float('nan'):.4f} "
-        f"rank {rank}/{done}  key {record['key']}  {record.get('train_seconds') or 0:.0f}s"
+        f"[{tag}] {record.status:<7} reward {reward if reward is not None else math.nan:.4f} "
+        f"rank {rank}/{done}  key {record.key}  {record.train_seconds or 0:.0f}s"
     )
 
 
@@ -229,14 +205,14 @@ class RecordCallback(tune.Callback):
         self.rewards, self.scores, self.recorded = [], [], set()
         if self.path.is_file():
             for record in read_records(self.path):
-                self.recorded.add(record.get("trial_id"))
-                if not record.get("baseline") and record.get("stage") == self.stage:
+                self.recorded.add(record.trial_id)
+                if not record.baseline and record.stage == self.stage:
                     self._count(record)
 
-    def _count(self, record: dict[str, Any]) -> None:
-        self.rewards.append(_reward_or_nan(record))
-        if is_successful(record):
-            self.scores.append(record_scores(record))
+    def _count(self, record: ArchitectureRecord) -> None:
+        self.rewards.append(math.nan if record.reward is None else record.reward)
+        if record.successful:
+            self.scores.append(record.all_scores)
 
     def _check_signal(self) -> None:
         """After the stage's first rewards, warn once if they carry no signal (warnings.jsonl)."""
@@ -246,16 +222,19 @@ class RecordCallback(tune.Callback):
         message = no_signal_warning(first, pooled_seed_std(self.scores), reward=self.reward)
         if message is None:
             return
-        with RecordWriter(self.path.parent / WARNINGS_FILE) as writer:
+        with JsonlWriter(self.path.parent / WARNINGS_FILE) as writer:
             writer.append({"stage": self.stage, "kind": "no_signal", "message": message})
         print(f"warning: {message}", flush=True)
 
     def _write(self, trial, result: dict[str, Any]) -> None:
         if trial.trial_id in self.recorded:
             return
-        extra = {} if self.stage is None else {"stage": self.stage}
-        spec = TrialSpec.from_config(trial.config)
-        record = record_of(result, spec, trial_id=trial.trial_id, baseline=False, **extra)
+        record = ArchitectureRecord.from_result(
+            ProxyResult.from_report(result),
+            TrialSpec.from_config(trial.config),
+            trial_id=trial.trial_id,
+            stage=self.stage,
+        )
         with RecordWriter(self.path) as writer:
             writer.append(record)
         self.recorded.add(trial.trial_id)
@@ -276,10 +255,6 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _reward_or_nan(record: dict[str, Any]) -> float:
-    return float("nan") if record.get("reward") is None else float(record["reward"])
-
-
 def run_search(
     cfg: ExperimentConfig,
     *,
@@ -287,7 +262,7 @@ def run_search(
     address: str | None = None,
     resume: bool = False,
     log=print,
-) -> list[dict[str, Any]]:
+) -> list[ArchitectureRecord]:
     """Run the search `cfg` describes (or continue it with `resume`); returns every record.
 
     A resumed search skips the baselines already recorded, restores the Tuner (trial states and
@@ -334,7 +309,7 @@ def run_search(
     if not resume:
         save_config(cfg, exp_dir / CONFIG_FILE)
     records = exp_dir / RECORD_FILE
-    done = {r.get("trial_id") for r in read_records(records)} if records.is_file() else set()
+    done = {r.trial_id for r in read_records(records)} if records.is_file() else set()
     log(
         f"search {cfg.name}: {cfg.search.controller} over {cfg.search.space} ({approx_count(space.size())} architectures), "
         f"{cfg.search.num_architectures} to evaluate; "
@@ -347,8 +322,8 @@ def run_search(
         # The driver trains baselines itself, with a trial's threads, so that their latency and
         # training time compare with the trials' (Ray gives each OMP_NUM_THREADS = its CPUs).
         with torch_threads(max(1, int(cfg.search.cpus_per_trial))):
-            result = evaluate_repeated(genotype, cfg, datasets=datasets).to_dict()
-        record = record_of(
+            result = evaluate_repeated(genotype, cfg, datasets=datasets)
+        record = ArchitectureRecord.from_result(
             result,
             TrialSpec(genotype=genotype.to_dict(), genotype_key=genotype.key()),
             trial_id=f"baseline-{name}",
@@ -356,7 +331,7 @@ def run_search(
         )
         with RecordWriter(records) as writer:
             writer.append(record)
-        log(format_line(record, [record["reward"]], 1))
+        log(format_line(record, [math.nan if record.reward is None else record.reward], 1))
 
     stage = first_stage(cfg)
     total = stage.num_architectures
@@ -376,7 +351,7 @@ def run_search(
     log(format_top(all_records, exp_dir, read_reevaluations(exp_dir / REEVALUATION_FILE)))
     for line in learning_lines(cfg, exp_dir):
         log(line)
-    searched = sum(1 for r in all_records if not r.get("baseline"))
+    searched = sum(1 for r in all_records if not r.baseline)
     if searched < total:
         log(
             f"the search stopped after {searched} of {total} architectures "
@@ -463,7 +438,7 @@ def learning_lines(cfg: ExperimentConfig, exp_dir: Path) -> list[str]:
 
 
 def reevaluate_top(
-    cfg: ExperimentConfig, exp_dir: Path, records: list[dict[str, Any]], *, log=print
+    cfg: ExperimentConfig, exp_dir: Path, records: list[ArchitectureRecord], *, log=print
 ) -> None:
     """`search.reevaluate_top`: re-score the best k with more seeds (reevaluation.jsonl).
 
@@ -471,7 +446,7 @@ def reevaluate_top(
     a copy of one already recorded. Resumable: scores already in the file are kept.
     """
     option = cfg.search.reevaluate_top
-    best = rank_architectures(records)[: option.k]
+    best = rank_records(records)[: option.k]
     if not best:
         return
     seeds = [repeat_seed(cfg, cfg.proxy.repeats + j) for j in range(option.seeds)]
@@ -479,7 +454,7 @@ def reevaluate_top(
         ScoreJob(
             job_id=f"{a.key}-seed{seed}",
             key=a.key,
-            genotype=a.record["genotype"],
+            genotype=a.record.genotype,
             seed=seed,
             config="proxy",
             label=f"#{rank}",
@@ -504,7 +479,7 @@ def reevaluate_top(
 
 
 def format_top(
-    records: list[dict[str, Any]],
+    records: list[ArchitectureRecord],
     exp_dir: Path,
     reevaluations: dict[str, list[float]] | None = None,
     k: int = 5,
@@ -513,32 +488,27 @@ def format_top(
 
     With several scores (repeats, re-evaluation) the reward column is `mean ± std (n=…)`.
     """
-    ranked = rank_architectures(records, reevaluations)
+    ranked = rank_records(records, reevaluations)
     rows = [(f"#{i}", a.record, a.describe()) for i, a in enumerate(ranked[:k], start=1)]
-    for r in records:
-        if r.get("baseline"):
-            reward = record_reward(r)
-            rows.append(
-                (
-                    r["trial_id"].removeprefix("baseline-"),
-                    r,
-                    f"{reward:.4f}" if reward is not None else "nan",
-                )
-            )
+    rows += [
+        (r.name, r, f"{r.reward:.4f}" if r.reward is not None else "nan")
+        for r in records
+        if r.baseline
+    ]
     width = max([8] + [len(text) for _, _, text in rows])
     lines = [
         f"{'':<10}{'key':<18}{'reward':>{width}}{'AP':>7}{'AP50':>7}{'params':>11}{'GMACs':>8}"
         "  status"
     ]
     for name, r, reward_text in rows:
-        ap = r.get("ap") if r.get("ap") is not None else float("nan")
-        ap50 = r.get("ap50") if r.get("ap50") is not None else float("nan")
+        ap = r.ap if r.ap is not None else math.nan
+        ap50 = r.ap50 if r.ap50 is not None else math.nan
         lines.append(
-            f"{name:<10}{r['key']:<18}{reward_text:>{width}}{ap:>7.3f}{ap50:>7.3f}"
-            f"{(r.get('params') or 0):>11,}{(r.get('macs') or 0) / 1e9:>8.2f}  {r['status']}"
+            f"{name:<10}{r.key or '':<18}{reward_text:>{width}}{ap:>7.3f}{ap50:>7.3f}"
+            f"{(r.params or 0):>11,}{(r.macs or 0) / 1e9:>8.2f}  {r.status}"
         )
-    searched = [r for r in records if not r.get("baseline") and is_successful(r)]
-    failed = sum(1 for r in records if not is_successful(r))
+    searched = [r for r in records if not r.baseline and r.successful]
+    failed = sum(1 for r in records if not r.successful)
     reevaluated = (
         f"; best {sum(1 for a in ranked if a.reevaluated)} re-evaluated" if reevaluations else ""
     )

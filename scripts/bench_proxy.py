@@ -52,7 +52,8 @@ from nassearch.config import ExperimentConfig, apply_overrides, read_yaml, valid
 from nassearch.device import resolve_device
 from nassearch.errors import NasSearchError
 from nassearch.proxy_eval.proxy_data import backbone_is_frozen, proxy_data, proxy_datasets
-from nassearch.proxy_eval.proxy_task import ProxyResult, evaluate_candidate
+from nassearch.proxy_eval.proxy_task import evaluate_candidate
+from nassearch.proxy_result import ProxyResult
 from nassearch.search_spaces import Genotype, get_space
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"

@@ -25,11 +25,11 @@ from nassearch.records import RECORD_FILE, read_records
 
 def summarise(exp: Path) -> dict[str, Any]:
     config = yaml.safe_load((exp / "config.yaml").read_text())
-    records = [r for r in read_records(exp / RECORD_FILE) if not r.get("baseline")]
-    rewards = [float(r["reward"]) if r.get("reward") is not None else float("nan") for r in records]
+    records = [r for r in read_records(exp / RECORD_FILE) if not r.baseline]
+    rewards = [r.reward if r.reward is not None else float("nan") for r in records]
     best_per_key: dict[str, float] = {}
     for r, reward in zip(records, rewards, strict=True):
-        best_per_key[r["key"]] = max(best_per_key.get(r["key"], -np.inf), reward)
+        best_per_key[r.key] = max(best_per_key.get(r.key, -np.inf), reward)
     top = sorted(best_per_key.values(), reverse=True)
     updates = read_controller_log(exp / CONTROLLER_LOG)
     trend = reward_trend([u["batch_reward_mean"] for u in updates])
@@ -38,11 +38,7 @@ def summarise(exp: Path) -> dict[str, Any]:
     medians = [float(np.nanmedian(rewards[i : i + 8])) for i in range(0, len(rewards) - 7, 8)]
     median_trend = reward_trend(medians)
     quarter = max(1, len(rewards) // 4)
-    baselines = {
-        r["trial_id"].removeprefix("baseline-"): r["reward"]
-        for r in read_records(exp / RECORD_FILE)
-        if r.get("baseline")
-    }
+    baselines = {r.name: r.reward for r in read_records(exp / RECORD_FILE) if r.baseline}
     return {
         "experiment": str(exp),
         "strategy": config["search"]["controller"],

@@ -32,7 +32,7 @@ from nassearch.train import build_model_and_data, run_train
 def finished_search(exp: Path, total: int) -> bool:
     if not (exp / RECORD_FILE).is_file():
         return False
-    return sum(1 for r in read_records(exp / RECORD_FILE) if not r.get("baseline")) >= total
+    return sum(1 for r in read_records(exp / RECORD_FILE) if not r.baseline) >= total
 
 
 def train_runs(name: str, config: Path, overrides: list[str], seeds: list[int], out: Path):

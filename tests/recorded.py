@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nassearch.config import save_config, validate_config
-from nassearch.records import RecordWriter
+from nassearch.records import ArchitectureRecord, RecordWriter
 
 
 def record(genotype, reward, trial_id, *, params=1000, status="ok", baseline=False, **extra):
@@ -39,6 +39,11 @@ def make_experiment(tmp_path: Path, records: list[dict], cfg: dict) -> Path:
     exp = tmp_path / "runs" / cfg["name"]
     save_config(validate_config(cfg), exp / "config.yaml")
     with RecordWriter(exp / "architectures.jsonl") as writer:
-        for r in records:
+        for r in parsed(records):
             writer.append(r)
     return exp
+
+
+def parsed(records: list[dict]) -> list[ArchitectureRecord]:
+    """Hand-written record mappings as the typed records `read_records` returns."""
+    return [ArchitectureRecord.from_dict(r) for r in records]

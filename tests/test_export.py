@@ -15,7 +15,7 @@ import pytest
 import recorded
 import yaml
 from PIL import Image
-from recorded import record
+from recorded import parsed, record
 from search_configs import train_config
 
 from nassearch.cli import main
@@ -27,7 +27,8 @@ from nassearch.export import (
     load_experiment,
     retrain_config,
 )
-from nassearch.ranking import rank_architectures
+from nassearch.jsonl import JsonlWriter
+from nassearch.ranking import rank_records
 from nassearch.records import RecordWriter
 from nassearch.search_spaces import get_space, named_genotypes, resolve_genotype
 from nassearch.show import load_genotype
@@ -89,33 +90,33 @@ def ranked_records():
 
 
 def trial_ids(ranked):
-    return [a.record["trial_id"] for a in ranked]
+    return [a.record.trial_id for a in ranked]
 
 
 def test_ranking_ties_duplicates_failures_and_baselines(ranked_records):
-    ranked = rank_architectures(ranked_records)
+    ranked = rank_records(parsed(ranked_records))
     # a's two records pool into one architecture (mean 0.55) shown by its better record, t4.
     assert trial_ids(ranked) == ["t4", "t2", "t6"]
     assert ranked[0].scores == (0.5, 0.6) and ranked[0].mean == pytest.approx(0.55)
-    with_baselines = rank_architectures(ranked_records, include_baselines=True)
+    with_baselines = rank_records(parsed(ranked_records), include_baselines=True)
     assert trial_ids(with_baselines) == ["baseline-FPN", "t4", "t2", "t6"]
     # Hand-written records without a key are told apart (and merged) by their genotypes.
     keyless = [{k: v for k, v in r.items() if k != "key"} for r in ranked_records]
-    assert trial_ids(rank_architectures(keyless)) == ["t4", "t2", "t6"]
+    assert trial_ids(rank_records(parsed(keyless))) == ["t4", "t2", "t6"]
 
 
 def test_reevaluation_ranks_a_lucky_draw_below_a_steady_architecture(tmp_path):
     """A single lucky score wins a plain ranking; re-scored with 3 more seeds it falls back."""
     lucky, steady, third = samples()[:3]
     records = [record(lucky, 0.9, "t1"), record(steady, 0.7, "t2"), record(third, 0.2, "t3")]
-    assert trial_ids(rank_architectures(records)) == ["t1", "t2", "t3"]
+    assert trial_ids(rank_records(parsed(records))) == ["t1", "t2", "t3"]
     exp = tmp_path / "exp"
     exp.mkdir()
     save_config(validate_config({"name": "exp"}), exp / "config.yaml")
     with RecordWriter(exp / "architectures.jsonl") as writer:
-        for r in records:
+        for r in parsed(records):
             writer.append(r)
-    with RecordWriter(exp / "reevaluation.jsonl") as writer:
+    with JsonlWriter(exp / "reevaluation.jsonl") as writer:
         for genotype, scores in ((lucky, [0.3, 0.35, 0.25]), (steady, [0.68, 0.72, 0.7])):
             for seed, score in enumerate(scores, start=1):
                 writer.append(
@@ -123,7 +124,7 @@ def test_reevaluation_ranks_a_lucky_draw_below_a_steady_architecture(tmp_path):
                 )
         writer.append({"key": steady.key(), "seed": 9, "reward": -5.0, "status": "error"})
     loaded = load_experiment(exp)
-    ranked = rank_architectures(loaded.records, loaded.reevaluations)
+    ranked = rank_records(loaded.records, loaded.reevaluations)
     assert trial_ids(ranked) == ["t2", "t1", "t3"]  # a failed re-score is not a score
     assert ranked[0].mean == pytest.approx(0.7) and ranked[1].mean == pytest.approx(0.45)
     assert ranked[0].describe() == f"0.7000 ± {ranked[0].std:.4f} (n=4)"

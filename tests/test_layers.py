@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nassearch"
 
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "atomic", "console", "output_paths", "status"),
+    ("errors", "atomic", "console", "output_paths", "status", "jsonl", "proxy_result"),
     ("search_spaces",),
     ("config", "controllers", "trial_spec"),
     ("device", "distributed", "records", "stop_signal"),

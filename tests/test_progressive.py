@@ -37,13 +37,13 @@ def test_progressive_search_fixes_the_best_fpn_then_searches_heads(ray_session, 
     out = capsys.readouterr().out
     exp = tmp_path / "runs" / "tiny-search"
     records = read_records(exp / "architectures.jsonl")
-    assert [r["stage"] for r in records] == ["fpn", "fpn", "head", "head"]
-    assert {r["status"] for r in records} == {"ok"}
+    assert [r.stage for r in records] == ["fpn", "fpn", "head", "head"]
+    assert {r.status for r in records} == {"ok"}
     fpn_stage, head_stage = records[:2], records[2:]
-    assert all(r["genotype"]["head"] is None for r in fpn_stage)  # stock FCOS head
-    best = max(fpn_stage, key=lambda r: (r["reward"], -r["params"]))
-    assert all(r["genotype"]["fpn"] == best["genotype"]["fpn"] for r in head_stage)
-    assert all(r["genotype"]["head"] is not None for r in head_stage)
+    assert all(r.genotype["head"] is None for r in fpn_stage)  # stock FCOS head
+    best = max(fpn_stage, key=lambda r: (r.reward, -r.params))
+    assert all(r.genotype["fpn"] == best.genotype["fpn"] for r in head_stage)
+    assert all(r.genotype["head"] is not None for r in head_stage)
     assert "stage 2: searching the head" in out and "4 searched architectures" in out
     assert (exp / "tune-fpn").is_dir() and (exp / "tune-head").is_dir()
     assert (exp / "tensorboard" / "fpn").is_dir() and (exp / "tensorboard" / "head").is_dir()

@@ -80,8 +80,8 @@ def test_search_builds_the_cache_once_and_trials_reuse_it(ray_session, tmp_path,
     ]
     built = {p: p.stat().st_mtime_ns for p in exp.glob("feature_cache/*/*.npy")}
     records = read_records(exp / "architectures.jsonl")
-    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
-    assert all(r["reward"] == -r["val_loss"] for r in records)
+    assert len(records) == 4 and {r.status for r in records} == {"ok"}
+    assert all(r.reward == -r.val_loss for r in records)
     # Trials opened the driver's cache instead of rebuilding it.
     assert {p: p.stat().st_mtime_ns for p in exp.glob("feature_cache/*/*.npy")} == built
     assert not list((exp / "feature_cache").glob(".*tmp*"))

@@ -17,6 +17,7 @@ from nassearch.proxy_eval.proxy_task import (
     apply_cost,
     evaluate_candidate,
 )
+from nassearch.proxy_result import ProxyResult
 from nassearch.search_spaces.nasfpn import FPN, PAPER
 
 FAILURE = -1.0
@@ -193,7 +194,7 @@ def test_a_failed_repeat_fails_the_evaluation(cache_dir, monkeypatch):
     def evaluate(genotype, cfg, **kwargs):
         seeds.append(kwargs["seed"])
         if kwargs["seed"] == cfg.seed + 1:
-            raise_on = proxy_task.ProxyResult(reward=FAILURE, status="nan", message="loss is nan")
+            raise_on = ProxyResult(reward=FAILURE, status="nan", message="loss is nan")
             return raise_on
         return real(genotype, cfg, **kwargs)
 

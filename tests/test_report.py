@@ -8,7 +8,7 @@ from recorded import make_experiment, record
 from search_configs import search_config
 
 from nassearch.cli import EXIT_BAD_INPUT, main
-from nassearch.records import RecordWriter
+from nassearch.jsonl import JsonlWriter
 from nassearch.report import pareto_front
 from nassearch.search_spaces import get_space, named_genotypes
 
@@ -27,7 +27,7 @@ def test_report_draws_every_panel(tmp_path, capsys):
         records.append(record(g, 0.1 + 0.02 * i, f"t{i + 1}", params=1000 + 100 * i))
     records[3]["status"] = "error"
     exp = make_experiment(tmp_path, records, search_config(tmp_path))
-    with RecordWriter(exp / "controller.jsonl") as writer:
+    with JsonlWriter(exp / "controller.jsonl") as writer:
         for u in range(1, 5):
             writer.append(
                 {

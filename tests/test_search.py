@@ -6,6 +6,7 @@ import pytest
 from search_configs import search_config, write
 
 from nassearch.cli import EXIT_BAD_INPUT, main
+from nassearch.jsonl import read_jsonl
 from nassearch.records import read_records
 
 
@@ -29,14 +30,14 @@ def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys, m
     out = capsys.readouterr().out
     exp = tmp_path / "runs" / "tiny-search"
     records = read_records(exp / "architectures.jsonl")
-    baselines = [r for r in records if r["baseline"]]
-    searched = [r for r in records if not r["baseline"]]
-    assert [r["trial_id"] for r in baselines] == ["baseline-FPN"] and records[0]["baseline"]
+    baselines = [r for r in records if r.baseline]
+    searched = [r for r in records if not r.baseline]
+    assert [r.trial_id for r in baselines] == ["baseline-FPN"] and records[0].baseline
     assert len(searched) == 3
-    assert {r["status"] for r in records} == {"ok"}
-    assert all(r["genotype"]["space"] == "nasfpn" and len(r["key"]) == 16 for r in records)
-    assert sorted(r["controller_step"] for r in searched) == [0, 0, 1]  # batches of 2
-    assert all(r["reward"] == r["ap"] for r in records)
+    assert {r.status for r in records} == {"ok"}
+    assert all(r.genotype["space"] == "nasfpn" and len(r.key) == 16 for r in records)
+    assert sorted(r.controller_step for r in searched) == [0, 0, 1]  # batches of 2
+    assert all(r.reward == r.ap for r in records)
     # One concise line per architecture, then the table with the baseline row.
     assert out.count("[baseline FPN] ok") == 1 and out.count("/3] ok") == 3
     assert "\nFPN " in out and "3 searched architectures evaluated" in out
@@ -51,9 +52,9 @@ def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys, m
     tags = set(events.Tags()["scalars"])
     assert {"ray/tune/loss_cls", "ray/tune/reward", "ray/tune/coco/AP"} <= tags
     # The controller's one update (a batch of 2): controller.jsonl, TensorBoard, the last line.
-    updates = read_records(exp / "controller.jsonl")
+    updates = read_jsonl(exp / "controller.jsonl")
     assert len(updates) == 1 and updates[0]["update"] == 1 and updates[0]["batch_size"] == 2
-    first_two = [r["reward"] for r in searched if r["controller_step"] == 0]
+    first_two = [r.reward for r in searched if r.controller_step == 0]
     assert updates[0]["batch_reward_mean"] == pytest.approx(sum(first_two) / 2)
     assert 0 < updates[0]["best_probability"] <= 1 and updates[0]["entropy"] > 0
     events = EventAccumulator(str(exp / "tensorboard"))

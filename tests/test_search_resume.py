@@ -23,7 +23,7 @@ from nassearch.search_spaces import named_genotypes
 def _searched(path) -> int:
     if not path.is_file():
         return 0
-    return sum(1 for r in read_records(path) if not r["baseline"])
+    return sum(1 for r in read_records(path) if not r.baseline)
 
 
 def _reported_epochs(trial_dir) -> list[int]:

@@ -152,6 +152,35 @@ def test_genotype_from_an_exported_arch_file(tmp_path, capsys):
     assert summary_json(capsys, path)["params"] == by_file["params"]
 
 
+def test_the_genotype_is_resolved_once_at_config_load(tmp_path, monkeypatch):
+    """An arch file is read when the config loads; building reads nothing again (the file may
+    even be gone), while the config keeps the user's spelling for saved configs and metadata."""
+    from nassearch import search_spaces
+    from nassearch.detectors import build
+    from nassearch.search_spaces.nasfpn import PAPER
+
+    arch = tmp_path / "arch-1.yaml"
+    arch.write_text(yaml.safe_dump({"space": "nasfpn", "genotype": PAPER.to_dict()}))
+    model = {"backbone": {"depth": 10}, "neck": {"type": "nasfpn", "out_channels": 16}}
+    calls = []
+    resolve = search_spaces.resolve_genotype
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(search_spaces, "resolve_genotype", counting)
+    monkeypatch.setattr(build, "resolve_genotype", counting)
+    cfg = validate_config({"model": {**model, "genotype": str(arch)}})
+    arch.unlink()
+    assert build.model_genotype(cfg.model).key() == PAPER.key() and len(calls) == 1
+    build_detector(cfg.model, 3)
+    assert len(calls) == 1 and cfg.model.genotype == str(arch)
+    # A copy with another genotype is resolved anew, not served the stale one.
+    other = cfg.model.model_copy(update={"genotype": "FPN"})
+    assert build.model_genotype(other).key() != PAPER.key() and len(calls) == 2
+
+
 @pytest.mark.parametrize(
     ("space", "options"),
     [

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nassearch.records import read_records
+from nassearch.jsonl import read_jsonl
 from nassearch.search import WARNINGS_FILE, RecordCallback
 from nassearch.search_spaces.nasfpn import FPN
 from nassearch.signal_check import no_signal_warning, pooled_seed_std
@@ -54,7 +54,7 @@ def test_the_search_warns_once_after_its_first_rewards(tmp_path, capsys):
     finish(callback, 7, 0.0)
     finish(callback, 8, 0.0)
     assert capsys.readouterr().out.count("warning: the first 8 rewards are all 0") == 1
-    [line] = read_records(tmp_path / WARNINGS_FILE)
+    [line] = read_jsonl(tmp_path / WARNINGS_FILE)
     assert line["kind"] == "no_signal" and "neg_loss" in line["message"]
 
 

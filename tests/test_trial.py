@@ -37,7 +37,7 @@ def test_trials_report_epochs_and_scored_architectures(ray_session, tmp_path):
     for result in grid:
         final = result.metrics
         assert final["final"] is True and final["status"] == "ok", final["message"]
-        assert final["reward"] == final["ap"] == final["coco/AP"]
+        assert final["reward"] == final["ap"] == final["coco"]["AP"]
         assert final["genotype_key"] == result.config["genotype_key"]
         history = result.metrics_dataframe
         epochs = history[~history["final"].astype(bool)]["epoch"].tolist()
@@ -49,8 +49,8 @@ def test_trials_report_epochs_and_scored_architectures(ray_session, tmp_path):
 
 
 def test_a_restored_checkpoint_brings_back_the_finished_repeats(tmp_path):
-    from nassearch.proxy_eval.proxy_task import ProxyResult
     from nassearch.proxy_eval.trial import CHECKPOINT_FILE, _restore_checkpoint, _write_repeats
+    from nassearch.proxy_result import ProxyResult
 
     saved = tmp_path / "saved"
     saved.mkdir()
@@ -110,6 +110,6 @@ def test_a_trial_parses_its_genotype_once(tmp_path, monkeypatch):
     final = reports[-1]
     assert final["final"] and final["status"] == "ok", final["message"]
     assert final["genotype_key"] == genotype.key()
-    # One parse of the genotype; two space objects: one validates search.space_options when the
-    # trial loads its config, one parses the genotype (the builders need none).
-    assert counts == {"spaces": 2, "parses": 1}
+    # One parse of the genotype and one space object (the one that parses it): the driver
+    # validated search.space_options already, and the builders need no space.
+    assert counts == {"spaces": 1, "parses": 1}

@@ -25,10 +25,12 @@ ModelConfig = RetinaNetConfig | FCOSConfig
 
 
 def model_genotype(cfg: ModelConfig) -> Genotype | None:
-    """The searched architecture a model config names (None for a plain FPN)."""
+    """The searched architecture a model config names (None for a plain FPN); resolved when the
+    config was loaded, so a named genotype or an arch file is read once."""
     if cfg.neck.type == "fpn":
         return None
-    return resolve_genotype(cfg.genotype, cfg.neck.type)
+    resolved = cfg.resolved_genotype()
+    return resolved if resolved is not None else resolve_genotype(cfg.genotype, cfg.neck.type)
 
 
 def backbone_indices(neck_type: str) -> tuple[int, ...]:

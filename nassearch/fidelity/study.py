@@ -32,11 +32,11 @@ from nassearch.console import Log, silent
 from nassearch.errors import NasSearchError, require_int
 from nassearch.export import Experiment, load_experiment
 from nassearch.fidelity.stats import RankFidelity, SeedNoise, rank_fidelity, seed_noise
+from nassearch.jsonl import json_safe
 from nassearch.output_paths import check_output_folder
 from nassearch.proxy_eval.proxy_task import repeat_seed
 from nassearch.proxy_eval.rescore import Score, ScoreJob, run_score_jobs
-from nassearch.ranking import RankedArchitecture, rank_architectures
-from nassearch.records import json_safe
+from nassearch.ranking import RankedArchitecture, rank_records
 
 LONGER = "longer"  # the default reference recipe
 ReferenceMetric = Literal["ap", "ap50", "reward"]
@@ -154,7 +154,7 @@ def choose_architectures(
     exp: Experiment, top: int, random: int
 ) -> list[tuple[int, RankedArchitecture, Literal["top", "random"]]]:
     """The search's best `top` and `random` others drawn with the search's seed: (rank, arch, why)."""
-    ranked = rank_architectures(exp.records, exp.reevaluations)
+    ranked = rank_records(exp.records, exp.reevaluations)
     chosen = [(i + 1, a, "top") for i, a in enumerate(ranked[:top])]
     rest = list(range(top, len(ranked)))
     rng = np.random.default_rng(exp.config.seed)
@@ -208,7 +208,7 @@ def run_fidelity(
     new_seeds = tuple(repeat_seed(cfg, used + j) for j in range(seeds))
     jobs = []
     for rank, arch, _ in chosen:
-        genotype = arch.record["genotype"]
+        genotype = arch.record.genotype
         for seed in new_seeds:
             jobs.append(
                 ScoreJob(f"{arch.key}-proxy-{seed}", arch.key, genotype, seed, "proxy", f"#{rank}")
@@ -269,8 +269,8 @@ def summarise(
                 recorded_scores=tuple(arch.scores),
                 proxy_scores=tuple(s.reward for s in extra if s and s.ok),
                 reference=None if ref is None else reference_value(ref, metric),
-                params=arch.record.get("params"),
-                macs=arch.record.get("macs"),
+                params=arch.record.params,
+                macs=arch.record.macs,
             )
         )
     failed = sum(1 for s in scores if not s.ok) + (len(chosen) * (len(new_seeds) + 1) - len(scores))

@@ -11,7 +11,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +28,9 @@ from nassearch.engine.evaluate import evaluate_detector, validation_loss
 from nassearch.engine.trainer import Trainer
 from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, CachedFeatureDetector
 from nassearch.proxy_eval.proxy_data import proxy_datasets
+from nassearch.proxy_result import ProxyResult
 from nassearch.search_spaces.base import Genotype
 from nassearch.status import Status
-
-
-@dataclass
-class ProxyResult:
-    """What a proxy evaluation reports; `reward` is what the controller is told.
-
-    `status` is one of ok, nan, error, oom, timeout; anything but ok carries the failure reward.
-    With `proxy.repeats` R > 1 the reward is the mean of R scores under different seeds: `scores`
-    holds every one, `reward_std` their sample std (0 for a single score).
-    """
-
-    reward: float
-    status: Status = Status.OK
-    message: str = ""
-    genotype_key: str = ""
-    ap: float = float("nan")
-    ap50: float = float("nan")
-    val_loss: float = float("nan")
-    params: int = 0
-    macs: int = 0  # multiply-adds per image at the proxy input size
-    latency_ms: float = float("nan")
-    train_seconds: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    scores: list[float] = field(default_factory=list)
-    reward_std: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @torch.no_grad()

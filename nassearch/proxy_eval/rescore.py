@@ -22,8 +22,8 @@ from ray import tune
 from nassearch.config import ExperimentConfig, validate_config
 from nassearch.console import Log, silent
 from nassearch.device import follow_ray_threads
+from nassearch.jsonl import JsonlWriter, read_jsonl
 from nassearch.proxy_eval.proxy_data import proxy_data, uses_feature_cache
-from nassearch.records import RecordWriter, iter_records
 from nassearch.status import Status
 
 
@@ -74,7 +74,7 @@ def read_scores(path: str | Path) -> list[Score]:
         return []
     with warnings.catch_warnings():  # a torn last line is rewritten by the next run
         warnings.simplefilter("ignore")
-        return [Score.from_line(line) for line in iter_records(path) if "job_id" in line]
+        return [Score.from_line(line) for line in read_jsonl(path) if "job_id" in line]
 
 
 def score_trial(
@@ -89,7 +89,7 @@ def score_trial(
 
     follow_ray_threads()
     job = ScoreJob(**config["job"])
-    cfg = validate_config(configs[job.config], f"{job.config} config")
+    cfg = validate_config(configs[job.config], f"{job.config} config", check_space=False)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
     datasets = proxy_data(cfg, caches.get(job.config), progress=False)
     result = evaluate_candidate(
@@ -132,7 +132,7 @@ class ScoreCallback(tune.Callback):
                 for name in ("ap", "ap50", "val_loss", "params", "macs", "train_seconds")
             },
         )
-        with RecordWriter(self.path) as writer:
+        with JsonlWriter(self.path) as writer:
             writer.append(asdict(score))
         self.written.add(job.job_id)
         self.done += 1

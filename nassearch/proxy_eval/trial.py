@@ -26,8 +26,9 @@ from typing import Any
 from nassearch.config import validate_config
 from nassearch.device import follow_ray_threads
 from nassearch.proxy_eval.proxy_data import proxy_data
-from nassearch.proxy_eval.proxy_task import ProxyResult, evaluate_repeated
-from nassearch.records import RESULT_FIELDS, read_records
+from nassearch.proxy_eval.proxy_task import evaluate_repeated
+from nassearch.proxy_result import ProxyResult
+from nassearch.records import read_records
 from nassearch.search_spaces import genotype_from_dict
 from nassearch.trial_spec import TrialSpec
 
@@ -35,24 +36,17 @@ CHECKPOINT_FILE = "last.pth"
 REPEATS_FILE = "repeats.json"
 
 
-def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> dict[str, Any] | None:
-    """The final report of `trial_id` rebuilt from the driver's record, if the driver wrote one."""
+def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> ProxyResult | None:
+    """The final result of `trial_id` rebuilt from the driver's record, if the driver wrote one."""
     if records_path is None or not Path(records_path).is_file():
         return None
     with warnings.catch_warnings():  # a torn last line is the driver's business, not the trial's
         warnings.simplefilter("ignore")
         records = read_records(records_path)
     for record in records:
-        if record.get("trial_id") == trial_id and not record.get("baseline"):
-            report = {k: _number(record.get(k)) for k in RESULT_FIELDS}
-            report["genotype_key"] = record.get("key")
-            report.update({f"coco/{k}": v for k, v in (record.get("metrics") or {}).items()})
-            return report
+        if record.trial_id == trial_id and not record.baseline:
+            return record.to_result()
     return None
-
-
-def _number(value: Any) -> Any:
-    return math.nan if value is None else value
 
 
 def proxy_trial(
@@ -74,9 +68,9 @@ def proxy_trial(
     context = tune.get_context()
     done = recorded_result(records_path, context.get_trial_id())
     if done is not None:
-        tune.report({**done, "final": True, "from_record": True})
+        tune.report({**done.to_report(), "final": True, "from_record": True})
         return
-    cfg = validate_config(experiment, "search config")
+    cfg = validate_config(experiment, "search config", check_space=False)
     # Tune's own TensorBoard logger already receives every report; no second writer per trial.
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
     genotype = genotype_from_dict(TrialSpec.from_config(config).genotype)
@@ -118,9 +112,7 @@ def proxy_trial(
             done=done,
             on_repeat_end=on_repeat_end,
         )
-    report = result.to_dict()
-    metrics = report.pop("metrics")
-    tune.report({**report, **{f"coco/{k}": v for k, v in metrics.items()}, "final": True})
+    tune.report({**result.to_report(), "final": True})
 
 
 def _last_path(work_dir: Path, repeat: int) -> Path:
