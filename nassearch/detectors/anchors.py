@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from nassearch.errors import NasSearchError
+
+if TYPE_CHECKING:
+    from nassearch.config import RetinaNetConfig
 
 
 class AnchorGenerator:
@@ -18,6 +22,15 @@ class AnchorGenerator:
     a = ratio_index * scales_per_octave + scale_index; anchors are laid out location-major
     (y, then x, then a), the order of head outputs permuted (B, A*C, H, W) -> (B, H*W*A, C).
     """
+
+    @classmethod
+    def from_config(cls, cfg: RetinaNetConfig, strides: Sequence[int]) -> AnchorGenerator:
+        return cls(
+            strides=strides,
+            octave_base_scale=cfg.octave_base_scale,
+            scales_per_octave=cfg.scales_per_octave,
+            ratios=tuple(cfg.ratios),
+        )
 
     def __init__(
         self,

@@ -13,12 +13,10 @@ from torch import nn
 import nassearch.detectors.heads  # noqa: F401  (registers the searched heads)
 import nassearch.detectors.necks  # noqa: F401  (registers the necks)
 from nassearch.config import BackboneConfig, FCOSConfig, RetinaNetConfig
-from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.backbones import ResNet, build_backbone
-from nassearch.detectors.dense import PYRAMID_STRIDES
 from nassearch.detectors.fcos import FCOS, FCOSHead
 from nassearch.detectors.registry import NECKS, SEARCHED_HEADS
-from nassearch.detectors.retinanet import RetinaNet, RetinaNetHead
+from nassearch.detectors.retinanet import RetinaNet
 from nassearch.search_spaces import Genotype, resolve_genotype
 
 ModelConfig = RetinaNetConfig | FCOSConfig
@@ -61,49 +59,9 @@ def _backbone_and_neck(
     return backbone, neck
 
 
-def _loss_and_inference(cfg: ModelConfig) -> dict[str, float | int]:
-    """The focal loss and inference settings every dense detector takes (`DetectorConfig`)."""
-    return {
-        "focal_alpha": cfg.focal_alpha,
-        "focal_gamma": cfg.focal_gamma,
-        "score_thresh": cfg.score_thresh,
-        "nms_thresh": cfg.nms_thresh,
-        "topk_candidates": cfg.topk_candidates,
-        "detections_per_img": cfg.detections_per_img,
-    }
-
-
 def build_retinanet(cfg: RetinaNetConfig, num_classes: int, genotype: Genotype | None) -> RetinaNet:
     backbone, neck = _backbone_and_neck(cfg, genotype, "input")
-    anchors = AnchorGenerator(
-        strides=PYRAMID_STRIDES,
-        octave_base_scale=cfg.octave_base_scale,
-        scales_per_octave=cfg.scales_per_octave,
-        ratios=tuple(cfg.ratios),
-    )
-    head = RetinaNetHead(
-        neck.out_channels,
-        num_classes,
-        num_anchors=anchors.num_anchors,
-        num_convs=cfg.num_convs,
-        feat_channels=cfg.feat_channels,
-        norm=cfg.head_norm,
-        separate_norm_per_level=cfg.separate_norm_per_level,
-        num_levels=len(PYRAMID_STRIDES),
-    )
-    return RetinaNet(
-        backbone,
-        neck,
-        num_classes,
-        head=head,
-        anchor_generator=anchors,
-        pos_iou_thr=cfg.pos_iou_thr,
-        neg_iou_thr=cfg.neg_iou_thr,
-        min_pos_iou=cfg.min_pos_iou,
-        box_loss=cfg.box_loss,
-        smooth_l1_beta=cfg.smooth_l1_beta,
-        **_loss_and_inference(cfg),
-    )
+    return RetinaNet.from_config(cfg, backbone, neck, num_classes)
 
 
 def build_fcos(cfg: FCOSConfig, num_classes: int, genotype: Genotype | None) -> FCOS:
@@ -117,28 +75,8 @@ def build_fcos(cfg: FCOSConfig, num_classes: int, genotype: Genotype | None) -> 
         # A searched head (NAS-FCOS) replaces the stock towers; same outputs.
         head = searched.from_config(genotype, neck.out_channels, num_classes)
     else:
-        head = FCOSHead(
-            neck.out_channels,
-            num_classes,
-            num_convs=cfg.num_convs,
-            feat_channels=cfg.feat_channels,
-            norm=cfg.head_norm,
-            centerness_on=cfg.centerness_on,
-            num_levels=len(PYRAMID_STRIDES),
-            strides=PYRAMID_STRIDES,
-        )
-    return FCOS(
-        backbone,
-        neck,
-        head,
-        num_classes,
-        strides=PYRAMID_STRIDES,
-        regress_ranges=tuple(tuple(r) for r in cfg.regress_ranges),
-        center_sampling=cfg.center_sampling,
-        center_sampling_radius=cfg.center_sampling_radius,
-        box_loss=cfg.box_loss,
-        **_loss_and_inference(cfg),
-    )
+        head = FCOSHead.from_config(cfg, neck.out_channels, num_classes)
+    return FCOS.from_config(cfg, backbone, neck, head, num_classes)
 
 
 def build_detector(

@@ -8,15 +8,30 @@ per-level outputs (what ONNX export stops at).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from nassearch.distributed import average_over_processes
 from nassearch.errors import NasSearchError
 
+if TYPE_CHECKING:
+    from nassearch.config import DetectorConfig
+
 # Strides of the P3..P7 pyramid every neck outputs and every dense head predicts on.
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)
+
+
+def loss_and_inference_settings(cfg: DetectorConfig) -> dict[str, float | int]:
+    """The focal loss and inference settings every dense detector takes from its config."""
+    return {
+        "focal_alpha": cfg.focal_alpha,
+        "focal_gamma": cfg.focal_gamma,
+        "score_thresh": cfg.score_thresh,
+        "nms_thresh": cfg.nms_thresh,
+        "topk_candidates": cfg.topk_candidates,
+        "detections_per_img": cfg.detections_per_img,
+    }
 
 
 class DenseDetector(nn.Module):

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nassearch.detectors.boxes import batched_nms, clip_boxes, decode_distances, encode_distances
-from nassearch.detectors.dense import PYRAMID_STRIDES, DenseDetector
+from nassearch.detectors.dense import PYRAMID_STRIDES, DenseDetector, loss_and_inference_settings
 from nassearch.detectors.losses import iou_loss, sigmoid_focal_loss
 from nassearch.detectors.ops.norm import norm_layer
 from nassearch.errors import NasSearchError
+
+if TYPE_CHECKING:
+    from nassearch.config import FCOSConfig
 
 INF = float("inf")
 DEFAULT_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
@@ -43,6 +47,19 @@ class FCOSHead(nn.Module):
     Tower convs have no bias when a norm follows (the norm's shift makes it redundant; official FCOS
     keeps bias=True with GN, which changes nothing but the parameter count).
     """
+
+    @classmethod
+    def from_config(cls, cfg: FCOSConfig, in_channels: int, num_classes: int) -> FCOSHead:
+        return cls(
+            in_channels,
+            num_classes,
+            num_convs=cfg.num_convs,
+            feat_channels=cfg.feat_channels,
+            norm=cfg.head_norm,
+            centerness_on=cfg.centerness_on,
+            num_levels=len(PYRAMID_STRIDES),
+            strides=PYRAMID_STRIDES,
+        )
 
     def __init__(
         self,
@@ -188,6 +205,37 @@ def _flatten_levels(tensors: Sequence[Tensor]) -> Tensor:
 
 class FCOS(DenseDetector):
     """FCOS detector: backbone -> neck (5 levels) -> head; FCOS targets, losses and inference."""
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: FCOSConfig,
+        backbone: nn.Module,
+        neck: nn.Module,
+        head: nn.Module,
+        num_classes: int,
+    ) -> FCOS:
+        """The detector a `model` section describes, around injected parts.
+
+        Args:
+            cfg: the `model` section (target assignment, losses, inference).
+            backbone: returns the features `neck` reads.
+            neck: returns P3-P7 with `neck.out_channels` channels.
+            head: the stock `FCOSHead.from_config(...)` or a searched head with the same outputs.
+            num_classes: number of foreground classes.
+        """
+        return cls(
+            backbone,
+            neck,
+            head,
+            num_classes,
+            strides=PYRAMID_STRIDES,
+            regress_ranges=tuple(tuple(r) for r in cfg.regress_ranges),
+            center_sampling=cfg.center_sampling,
+            center_sampling_radius=cfg.center_sampling_radius,
+            box_loss=cfg.box_loss,
+            **loss_and_inference_settings(cfg),
+        )
 
     def __init__(
         self,

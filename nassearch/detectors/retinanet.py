@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.boxes import DeltaXYWHCoder, batched_nms, box_iou, clip_boxes
-from nassearch.detectors.dense import DenseDetector
+from nassearch.detectors.dense import PYRAMID_STRIDES, DenseDetector, loss_and_inference_settings
 from nassearch.detectors.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from nassearch.detectors.ops.norm import norm_layer
 from nassearch.errors import NasSearchError
+
+if TYPE_CHECKING:
+    from nassearch.config import RetinaNetConfig
 
 # Assignment codes for anchors that match no ground-truth box.
 NEGATIVE = -1
@@ -34,6 +38,21 @@ class RetinaNetHead(nn.Module):
     Each tower is `num_convs` x (3x3 conv [+ norm] + ReLU). With `separate_norm_per_level` the conv
     weights stay shared while every level gets its own norm layers, as in NAS-FPN's RetinaNet head.
     """
+
+    @classmethod
+    def from_config(
+        cls, cfg: RetinaNetConfig, in_channels: int, num_classes: int, num_anchors: int
+    ) -> RetinaNetHead:
+        return cls(
+            in_channels,
+            num_classes,
+            num_anchors=num_anchors,
+            num_convs=cfg.num_convs,
+            feat_channels=cfg.feat_channels,
+            norm=cfg.head_norm,
+            separate_norm_per_level=cfg.separate_norm_per_level,
+            num_levels=len(PYRAMID_STRIDES),
+        )
 
     def __init__(
         self,
@@ -168,6 +187,35 @@ def _flatten_levels(outputs: Sequence[Tensor], last: int) -> Tensor:
 
 class RetinaNet(DenseDetector):
     """Single-stage anchor-based detector: backbone -> neck (P3-P7) -> shared RetinaNet head."""
+
+    @classmethod
+    def from_config(
+        cls, cfg: RetinaNetConfig, backbone: nn.Module, neck: nn.Module, num_classes: int
+    ) -> RetinaNet:
+        """The detector a `model` section describes, around an injected backbone and neck.
+
+        Args:
+            cfg: the `model` section (head, anchors, matching, losses, inference).
+            backbone: returns the features `neck` reads.
+            neck: returns P3-P7 with `neck.out_channels` channels.
+            num_classes: number of foreground classes.
+        """
+        anchors = AnchorGenerator.from_config(cfg, PYRAMID_STRIDES)
+        return cls(
+            backbone,
+            neck,
+            num_classes,
+            head=RetinaNetHead.from_config(
+                cfg, neck.out_channels, num_classes, anchors.num_anchors
+            ),
+            anchor_generator=anchors,
+            pos_iou_thr=cfg.pos_iou_thr,
+            neg_iou_thr=cfg.neg_iou_thr,
+            min_pos_iou=cfg.min_pos_iou,
+            box_loss=cfg.box_loss,
+            smooth_l1_beta=cfg.smooth_l1_beta,
+            **loss_and_inference_settings(cfg),
+        )
 
     def __init__(
         self,
