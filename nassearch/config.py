@@ -22,6 +22,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from nassearch.atomic import atomic_write_text
@@ -121,20 +122,11 @@ class BackboneConfig(Strict):
 
 
 class NeckConfig(Strict):
-    """The neck: plain `fpn`, or a searched one (`nasfpn`, `nasfcos`) built from `model.genotype`."""
+    """What every neck section has: its type and width. A neck registered by a plugin search
+    space is configured by this base alone; the package's necks add their own options."""
 
     type: str = "fpn"
     out_channels: int = Field(256, ge=8)
-    # fpn: P6 from C5 ("input") or from P5 ("output"); None: the detector's convention (RetinaNet:
-    # input, FCOS: output).
-    extra_source: Literal["input", "output"] | None = None
-    norm: Literal["bn", "gn"] | None = None
-    # nasfpn: pyramids stacked with independent weights (paper R-50 model: 7; proxy task: 3), and
-    # which reference implementation to follow (Google's TensorFlow code, or mmdetection's).
-    stacks: int = Field(1, ge=1)
-    style: Literal["tensorflow", "mmdet"] = "tensorflow"
-    # nasfcos: in-cell upsampling (official code: bilinear; mmdetection: nearest).
-    upsample: Literal["bilinear", "nearest"] = "bilinear"
 
     @field_validator("type")
     @classmethod
@@ -145,12 +137,81 @@ class NeckConfig(Strict):
         return value
 
 
+class FPNNeckConfig(NeckConfig):
+    """The plain FPN (RetinaNet / FCOS papers)."""
+
+    type: Literal["fpn"] = "fpn"
+    # P6 from C5 ("input") or from P5 ("output"); None: the detector's convention (RetinaNet:
+    # input, FCOS: output).
+    extra_source: Literal["input", "output"] | None = None
+    norm: Literal["bn", "gn"] | None = None
+
+
+class NASFPNNeckConfig(NeckConfig):
+    """A NAS-FPN pyramid built from `model.genotype`."""
+
+    type: Literal["nasfpn"] = "nasfpn"
+    # Pyramids stacked with independent weights (paper R-50 model: 7; proxy task: 3), and which
+    # reference implementation to follow (Google's TensorFlow code, or mmdetection's).
+    stacks: int = Field(1, ge=1)
+    style: Literal["tensorflow", "mmdet"] = "tensorflow"
+
+
+class NASFCOSNeckConfig(NeckConfig):
+    """A NAS-FCOS decoder built from `model.genotype`."""
+
+    type: Literal["nasfcos"] = "nasfcos"
+    # In-cell upsampling (official code: bilinear; mmdetection: nearest).
+    upsample: Literal["bilinear", "nearest"] = "bilinear"
+
+
+_NECK_CONFIGS: dict[str, type[NeckConfig]] = {
+    "fpn": FPNNeckConfig,
+    "nasfpn": NASFPNNeckConfig,
+    "nasfcos": NASFCOSNeckConfig,
+}
+_PLUGIN_NECK = "registered"  # the union's tag for necks of plugin search spaces
+
+
+def _neck_tag(value: Any) -> str:
+    # A neck section without `type` is a plain FPN, as in the defaults.
+    kind = value.get("type", "fpn") if isinstance(value, dict) else getattr(value, "type", "fpn")
+    return kind if kind in _NECK_CONFIGS else _PLUGIN_NECK
+
+
+NeckSection = Annotated[
+    Annotated[FPNNeckConfig, Tag("fpn")]
+    | Annotated[NASFPNNeckConfig, Tag("nasfpn")]
+    | Annotated[NASFCOSNeckConfig, Tag("nasfcos")]
+    | Annotated[NeckConfig, Tag(_PLUGIN_NECK)],
+    Discriminator(_neck_tag),
+]
+_NECK_TAGS = (*_NECK_CONFIGS, _PLUGIN_NECK)
+
+
+def neck_config(kind: str, options: dict[str, Any]) -> NeckConfig:
+    """The typed config of a `kind` neck from its options (raises pydantic's ValidationError)."""
+    return _NECK_CONFIGS.get(kind, NeckConfig).model_validate({**options, "type": kind})
+
+
+# Options every neck section accepted before it became a union, with the default each had: a
+# section that does not take one still reads when it holds that default (configs and exports
+# written by earlier versions spell out every field), see `_migrate_neck_options`.
+_LEGACY_NECK_DEFAULTS: dict[str, Any] = {
+    "extra_source": None,
+    "norm": None,
+    "stacks": 1,
+    "style": "tensorflow",
+    "upsample": "bilinear",
+}
+
+
 class DetectorConfig(Strict):
     """What every detector section has: backbone, neck (plain or searched), head size, focal loss, inference."""
 
     num_classes: int | None = Field(None, ge=1)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    neck: NeckConfig = Field(default_factory=NeckConfig)
+    neck: NeckSection = Field(default_factory=FPNNeckConfig)
     # The searched architecture when neck.type is a search space: a named genotype of that space
     # (PAPER, FPN, PAPER_FPN_ONLY), a genotype mapping, or the path of an exported arch-k.yaml.
     genotype: str | dict[str, Any] | None = None
@@ -341,6 +402,10 @@ class SearchConfig(Strict):
     space: str = "nasfpn"
     # Options of the space, e.g. {num_cells: 7} for nasfpn or {part: fpn} for nasfcos.
     space_options: dict[str, Any] = Field(default_factory=dict)
+    # Options of the neck the trials build (a `space` neck, model.neck.out_channels wide), e.g.
+    # {stacks: 3, style: tensorflow} for nasfpn or {upsample: nearest} for nasfcos; model.neck
+    # stays the plain neck a config without a genotype builds. See ExperimentConfig.searched_neck.
+    neck: dict[str, Any] = Field(default_factory=dict)
     controller: Literal["reinforce", "ppo", "random", "evolution"] = "reinforce"
     # Hyper-parameters of the controller (lr, batch_size, failure_reward is taken from proxy).
     controller_options: dict[str, Any] = Field(default_factory=dict)
@@ -387,6 +452,66 @@ class ExperimentConfig(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def searched_neck(self, space: str | None = None) -> NeckConfig:
+        """The neck config of the search's architectures (of `space`, default search.space):
+        model.neck's settings when it is already that type, else its width; then search.neck."""
+        space = space or self.search.space
+        neck = self.model.neck
+        base = neck.model_dump() if neck.type == space else {"out_channels": neck.out_channels}
+        options = self.search.neck if space == self.search.space else {}
+        return neck_config(space, {**base, **options})
+
+    def candidate_model(self, space: str | None = None) -> ModelConfig:
+        """The model section a searched architecture of `space` is built from (its genotype is
+        passed to `build_detector` separately)."""
+        return self.model.model_copy(update={"neck": self.searched_neck(space)})
+
+    @model_validator(mode="after")
+    def _complete_search_neck(self) -> ExperimentConfig:
+        # Every option of the trials' neck spelled out, so that two configs that build the same
+        # neck compare equal (a resumed search checks its saved config) and saved configs say it.
+        try:
+            neck = self.searched_neck()
+        except ValidationError:
+            return self  # `_check_searched_neck` names the option
+        options = neck.model_dump(exclude={"type", "out_channels"})
+        if neck.out_channels != self.model.neck.out_channels:
+            options["out_channels"] = neck.out_channels
+        self.search.neck = options
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_neck_options(cls, data: Any) -> Any:
+        """Configs written before the neck section became a union set the searched neck's options
+        (stacks, style, upsample) beside a plain FPN's in one `model.neck`: move those to
+        `search.neck`, and drop legacy options a neck does not take while they hold their old
+        default (earlier exports spell out every field). Anything else is left to validation."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("neck"), dict):
+            return data
+        neck = dict(model["neck"])
+        kind = neck.get("type", "fpn")
+        takes = _NECK_CONFIGS.get(kind, NeckConfig).model_fields
+        search = data.get("search") if isinstance(data.get("search"), dict) else {}
+        space = search.get("space", SearchConfig.model_fields["space"].default)
+        searched = _NECK_CONFIGS.get(space, NeckConfig).model_fields if kind == "fpn" else {}
+        moved: dict[str, Any] = {}
+        for key in [k for k in neck if k not in takes and k in _LEGACY_NECK_DEFAULTS]:
+            if key in searched:
+                moved[key] = neck.pop(key)
+            elif neck[key] == _LEGACY_NECK_DEFAULTS[key]:
+                del neck[key]
+        if neck == model["neck"]:
+            return data
+        data = {**data, "model": {**model, "neck": neck}}
+        if moved:
+            given = search.get("neck") if isinstance(search.get("neck"), dict) else {}
+            data["search"] = {**search, "neck": {**moved, **given}}
+        return data
 
 
 # ------------------------------------------------------------------------------- loading, errors
@@ -560,10 +685,13 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
-    # A discriminated union puts the tag ("retinanet") into the location: model.retinanet.x -> model.x
+    # A discriminated union puts the tag into the location: model.retinanet.x -> model.x,
+    # model.neck.nasfpn.stacks -> model.neck.stacks.
     out: list[Any] = []
     for i, part in enumerate(loc):
         if i > 0 and loc[i - 1] == "model" and part in _MODEL_TAGS:
+            continue
+        if i > 0 and loc[i - 1] == "neck" and part in _NECK_TAGS:
             continue
         out.append(part)
     return out
@@ -582,6 +710,7 @@ def _check_consistency(
             f"{cfg.model.pos_iou_thr}"
         )
     _check_genotype(cfg, source)
+    _check_searched_neck(cfg, source)
     if check_space:
         _check_space(cfg, source)
     lo, hi = cfg.input.scale_range
@@ -598,6 +727,17 @@ def _check_consistency(
             f"{source}: data.synthetic.max_object_size: {syn.max_object_size} exceeds "
             f"image_size {syn.image_size}"
         )
+
+
+def _check_searched_neck(cfg: ExperimentConfig, source: str) -> None:
+    """search.neck must configure the search space's neck (one line naming the option)."""
+    try:
+        cfg.searched_neck()
+    except ValidationError as exc:
+        line = format_validation_error(exc)
+        if line.startswith("type: "):
+            line = f"the {cfg.search.space} neck: {line}"
+        raise NasSearchError(f"{source}: search.neck.{line}") from None
 
 
 def _check_space(cfg: ExperimentConfig, source: str) -> None:

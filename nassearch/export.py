@@ -227,8 +227,8 @@ def paper_sections(genotype: Genotype, search: ExperimentConfig) -> tuple[dict[s
     model = sections["model"]
     if genotype.space != recipe.space:
         # A space searched on the other paper's detector: keep the search's neck options.
-        neck = _plain(search.model.neck)
-        neck.update(type=genotype.space, out_channels=model["neck"]["out_channels"])
+        neck = _plain(search.searched_neck(genotype.space))
+        neck.update(out_channels=model["neck"]["out_channels"])
         model["neck"] = neck
     model["num_classes"] = search.model.num_classes
     model["genotype"] = genotype.to_dict()
@@ -237,8 +237,8 @@ def paper_sections(genotype: Genotype, search: ExperimentConfig) -> tuple[dict[s
 
 def search_sections(genotype: Genotype, search: ExperimentConfig) -> dict[str, Any]:
     """The search's own (proxy) input, model and training settings with this genotype as its neck."""
-    sections = {name: _plain(getattr(search, name)) for name in ("input", "model", "train", "eval")}
-    sections["model"]["neck"]["type"] = genotype.space
+    sections = {name: _plain(getattr(search, name)) for name in ("input", "train", "eval")}
+    sections["model"] = _plain(search.candidate_model(genotype.space))
     sections["model"]["genotype"] = genotype.to_dict()
     backbone = sections["model"]["backbone"]
     if backbone.get("weights") is None and backbone.get("frozen_stages") == 4:
@@ -419,7 +419,7 @@ def _plan(
     ]
     retrain = json.loads(cfg.model_dump_json(exclude={"search", "proxy"}))
     retrain["model"] = {"type": retrain["model"].pop("type"), **retrain["model"]}
-    stacks = cfg.model.neck.stacks if genotype.space == "nasfpn" else 1
+    stacks = getattr(cfg.model.neck, "stacks", 1)
     return _Planned(
         rank,
         ranked,

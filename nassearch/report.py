@@ -173,7 +173,7 @@ def _architecture_panels(axes, exp: Experiment, best: list[RankedArchitecture]) 
 
     from nassearch.show import draw
 
-    stacks = exp.config.model.neck.stacks if exp.config.search.space == "nasfpn" else 1
+    stacks = getattr(exp.config.searched_neck(), "stacks", 1)
     with tempfile.TemporaryDirectory(prefix="nassearch-report-") as tmp:
         for rank, (ax, arch) in enumerate(zip(axes, best, strict=False), start=1):
             genotype = record_genotype(exp, arch.record)

@@ -65,7 +65,7 @@ def load_genotype(source: str) -> tuple[Genotype, dict[str, Any]]:
             raise NasSearchError(
                 f"{path}: model.neck.type is fpn: no searched architecture to draw"
             )
-        stacks = cfg.model.neck.stacks if cfg.model.neck.type == "nasfpn" else 1
+        stacks = getattr(cfg.model.neck, "stacks", 1)
         return genotype, {"title": cfg.name, "stacks": stacks}
     space = data.get("space") or (data.get("genotype") or {}).get("space")
     if space not in space_names():

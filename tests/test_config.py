@@ -10,6 +10,8 @@ import yaml
 from nassearch.config import (
     ExperimentConfig,
     FCOSConfig,
+    FPNNeckConfig,
+    NASFPNNeckConfig,
     apply_overrides,
     check_unchanged,
     load_config,
@@ -155,3 +157,71 @@ def test_check_unchanged_ignores_free_keys_and_names_the_first_change(tmp_path):
     with pytest.raises(NasSearchError) as info:
         check_unchanged(validate_config(changed), saved, free, "run")
     assert str(info.value).startswith(f"train.epochs: 3.0 differs from 2.0 in the run's {saved}")
+
+
+def test_the_neck_section_is_a_union_of_typed_necks(tmp_path):
+    """Each neck type takes its own options; another type's option names the key."""
+    nasfpn = validate_config(
+        {"model": {"neck": {"type": "nasfpn", "stacks": 7}, "genotype": "PAPER"}}
+    ).model.neck
+    assert type(nasfpn) is NASFPNNeckConfig and (nasfpn.stacks, nasfpn.style) == (7, "tensorflow")
+    assert type(validate_config({}).model.neck) is FPNNeckConfig
+    cases = [
+        ({"type": "nasfcos", "stacks": 2}, "model.neck.stacks: unknown key"),
+        ({"type": "nasfpn", "upsample": "nearest"}, "model.neck.upsample: unknown key"),
+        ({"type": "nasfpn", "style": "keras"}, "model.neck.style: "),
+        ({"type": "fpn", "norm": "ln"}, "model.neck.norm: "),
+        ({"type": "yolo"}, "model.neck.type: must be one of 'fpn'"),
+    ]
+    for neck, needle in cases:
+        message = error_of(write(tmp_path, {"model": {"neck": neck, "genotype": "PAPER"}}))
+        assert needle in message, message
+
+
+def test_the_trials_neck_is_search_neck_at_the_model_necks_width(tmp_path):
+    raw = {"model": {"neck": {"out_channels": 48}}, "search": {"neck": {"stacks": 3}}}
+    cfg = validate_config(raw)
+    assert type(cfg.model.neck) is FPNNeckConfig and cfg.model.neck.out_channels == 48
+    neck = cfg.candidate_model().neck
+    assert (type(neck), neck.out_channels, neck.stacks) == (NASFPNNeckConfig, 48, 3)
+    # Spelled out in full, so a saved config says it and compares equal on resume.
+    assert cfg.search.neck == {"stacks": 3, "style": "tensorflow"}
+    fcos = validate_config({"model": {"type": "fcos"}, "search": {"space": "nasfcos"}})
+    assert fcos.candidate_model().neck.upsample == "bilinear"
+    path = write(tmp_path, {"search": {"space": "nasfcos", "neck": {"stacks": 3}}})
+    assert error_of(path) == f"{path}: search.neck.stacks: unknown key"
+    path = write(tmp_path, {"search": {"neck": {"stacks": 0}}})
+    assert error_of(path).startswith(f"{path}: search.neck.stacks: must be greater than")
+
+
+def test_configs_of_earlier_versions_read_with_their_neck_options_moved(tmp_path):
+    """Before the union, one neck section held every neck's options: a search config put the
+    trials' stacks beside a plain FPN's width, and saved configs spelled out every field."""
+    old_search = {
+        "model": {"neck": {"type": "fpn", "out_channels": 32, "extra_source": None,
+                           "norm": None, "stacks": 3, "style": "mmdet", "upsample": "bilinear"}},
+        "search": {"space": "nasfpn"},
+    }  # fmt: skip
+    cfg = validate_config(old_search)
+    assert cfg.model.neck == FPNNeckConfig(out_channels=32)
+    assert cfg.search.neck == {"stacks": 3, "style": "mmdet"}
+    new = validate_config(
+        {
+            "model": {"neck": {"out_channels": 32}},
+            "search": {"neck": {"stacks": 3, "style": "mmdet"}},
+        }
+    )
+    assert new == cfg
+    old_retrain = {
+        "model": {"neck": {"type": "nasfpn", "out_channels": 256, "extra_source": None,
+                           "norm": None, "stacks": 7, "style": "tensorflow",
+                           "upsample": "bilinear"}, "genotype": "PAPER"},
+    }  # fmt: skip
+    assert validate_config(old_retrain).model.neck == NASFPNNeckConfig(out_channels=256, stacks=7)
+    # A legacy option away from its old default was never a no-op to drop silently.
+    old_retrain["model"]["neck"]["norm"] = "gn"
+    message = error_of(write(tmp_path, old_retrain))
+    assert message.endswith("model.neck.norm: unknown key")
+    # What a user set under search.neck wins over what moves there.
+    both = {**old_search, "search": {"space": "nasfpn", "neck": {"stacks": 5}}}
+    assert validate_config(both).search.neck == {"stacks": 5, "style": "mmdet"}

@@ -48,7 +48,14 @@ def test_nasfpn_config_is_the_papers_proxy():
     cfg = load_config(EXPERIMENTS / "nasfpn.yaml", LOCAL)
     assert (cfg.model.type, cfg.model.backbone.depth) == ("retinanet", 10)
     assert (cfg.input.mode, cfg.input.size) == ("square", 512)
-    assert (cfg.model.neck.stacks, cfg.model.neck.out_channels) == (3, 256)
+    neck = cfg.searched_neck()
+    assert (neck.type, neck.stacks, neck.style, neck.out_channels) == (
+        "nasfpn",
+        3,
+        "tensorflow",
+        256,
+    )
+    assert cfg.model.neck.type == "fpn" and cfg.model.neck.out_channels == 256
     assert cfg.train.epochs == 10 and cfg.train.schedule.milestones == [8]
     assert (cfg.proxy.reward, cfg.proxy.reward_holdout) == ("ap", 7392)
     assert cfg.search.gpus_per_trial == 1 and cfg.search.baselines == ["FPN"]

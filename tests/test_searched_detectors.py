@@ -71,7 +71,11 @@ def test_searched_detectors_train_and_detect(neck, genotype, detector):
             "model": {
                 "type": detector,
                 "backbone": {"depth": 10, "frozen_stages": -1, "norm_eval": False},
-                "neck": {"type": neck, "out_channels": 32, "stacks": 2},
+                "neck": {
+                    "type": neck,
+                    "out_channels": 32,
+                    **({"stacks": 2} if neck == "nasfpn" else {}),
+                },
                 "genotype": genotype,
                 "num_convs": 1,
                 "feat_channels": 32,

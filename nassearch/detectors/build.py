@@ -12,7 +12,7 @@ from torch import nn
 
 import nassearch.detectors.heads  # noqa: F401  (registers the searched heads)
 import nassearch.detectors.necks  # noqa: F401  (registers the necks)
-from nassearch.config import BackboneConfig, FCOSConfig, RetinaNetConfig
+from nassearch.config import BackboneConfig, FCOSConfig, RetinaNetConfig, neck_config
 from nassearch.detectors.backbones import ResNet, build_backbone
 from nassearch.detectors.fcos import FCOS, FCOSHead
 from nassearch.detectors.registry import NECKS, SEARCHED_HEADS
@@ -51,10 +51,18 @@ def backbone_from_config(cfg: BackboneConfig, out_indices: tuple[int, ...] = (2,
 def _backbone_and_neck(
     cfg: ModelConfig, genotype: Genotype | None, default_extra: str
 ) -> tuple[ResNet, nn.Module]:
-    neck_cls = NECKS.get(genotype.space if genotype is not None else "fpn")
+    kind = genotype.space if genotype is not None else "fpn"
+    neck_cls = NECKS.get(kind)
+    # The genotype names the neck. A section of another type (a search config's plain FPN)
+    # lends it only its width: the search's own neck options come with `candidate_model()`.
+    neck_cfg = (
+        cfg.neck
+        if cfg.neck.type == kind
+        else neck_config(kind, {"out_channels": cfg.neck.out_channels})
+    )
     backbone = backbone_from_config(cfg.backbone, neck_cls.backbone_indices)
     neck = neck_cls.from_config(
-        cfg.neck, backbone.out_channels, genotype, default_extra=default_extra
+        neck_cfg, backbone.out_channels, genotype, default_extra=default_extra
     )
     return backbone, neck
 

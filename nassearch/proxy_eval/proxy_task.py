@@ -106,7 +106,8 @@ def evaluate_candidate(
     try:
         device = resolve_device(cfg.device)
         train_set, reward_set = datasets or proxy_datasets(cfg)
-        model = build_detector(cfg.model, len(train_set.cat_ids), genotype, seed=seed)
+        model_cfg = cfg.candidate_model(genotype.space)
+        model = build_detector(model_cfg, len(train_set.cat_ids), genotype, seed=seed)
         size = cfg.input.network_size()
         result.params = count_parameters(model)["total"]
         result.macs = count_macs(model, size)["total"]
