@@ -20,6 +20,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from nassearch.cluster import check_address, connect, warn_if_storage_not_shared
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
 from nassearch.console import silent
 from nassearch.controller_log import (
@@ -277,6 +278,8 @@ def run_search(
     # about; Tune's own banner and table give way to one line per architecture.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if address is not None and not ray.is_initialized():
+        check_address(address)  # before any folder is made or data read: a quick error
     exp_dir = experiment_dir(cfg, storage)
     new_folder = not exp_dir.exists()
     space, baselines = check_search(cfg, exp_dir, resume=resume)
@@ -286,14 +289,9 @@ def run_search(
     try:
         # Data errors surface here, before Ray starts; synthetic data is generated once.
         datasets = proxy_datasets(cfg)
-        if not ray.is_initialized():
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+        connect(address, checked=True)
         check_resources(cfg)
+        warn_if_storage_not_shared(exp_dir, log)
         if cache_dir is not None:
             log(
                 f"frozen backbone: trials train neck and head on features cached in {cache_dir} "

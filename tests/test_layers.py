@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "atomic", "console", "output_paths", "status", "jsonl", "proxy_result"),
     ("search_spaces",),
     ("config", "controllers", "trial_spec"),
-    ("device", "distributed", "records", "stop_signal"),
+    ("device", "distributed", "records", "stop_signal", "cluster"),
     ("data",),
     ("detectors",),
     ("engine",),

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from nassearch.atomic import atomic_write, atomic_write_text
+from nassearch.cluster import connect, warn_if_storage_not_shared
 from nassearch.config import ExperimentConfig, load_config
 from nassearch.console import Log, silent
 from nassearch.errors import NasSearchError, require_int
@@ -195,7 +196,6 @@ def run_fidelity(
     """Run both studies on an experiment folder (resumable: finished runs are kept in scores.jsonl)."""
     import os
 
-    import ray
 
     _check_arguments(top, random, seeds, reference_metric)
     out = check_output_folder(out if out is not None else Path(exp_dir) / "fidelity")
@@ -226,10 +226,8 @@ def run_fidelity(
     )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not ray.is_initialized():
-        ray.init(
-            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
+    connect(address)
+    warn_if_storage_not_shared(out, log)
     scores = run_score_jobs(
         jobs,
         {"proxy": cfg, "reference": ref_cfg},
