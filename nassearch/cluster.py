@@ -23,7 +23,9 @@ PROBE_TIMEOUT_S = 25
 _CONNECT_TIMEOUT_S = 5
 _GCS_PORT = 6379  # `ray start --head` default
 _CLIENT_PORT = 10001  # Ray Client (ray://) default
-_PROBE = "import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)"
+_PROBE = (
+    "import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)"
+)
 
 
 def host_and_port(address: str) -> tuple[str, int]:

@@ -196,7 +196,6 @@ def run_fidelity(
     """Run both studies on an experiment folder (resumable: finished runs are kept in scores.jsonl)."""
     import os
 
-
     _check_arguments(top, random, seeds, reference_metric)
     out = check_output_folder(out if out is not None else Path(exp_dir) / "fidelity")
     exp = load_experiment(exp_dir)
