@@ -425,6 +425,17 @@ class SearchConfig(Strict):
     # When the search ends, re-score its best `k` with `seeds` more seeds each before anything is
     # ranked or exported, so that a lucky draw does not win (reevaluation.jsonl).
     reevaluate_top: ReevaluateConfig | None = None
+    # Early stopping: `asha` (Ray Tune's asynchronous successive halving) cuts trials whose
+    # per-epoch validation loss on the reward split is in the worst 1 - 1/reduction_factor of
+    # their rung (rungs at grace_epochs * reduction_factor^k epochs, below max_epochs, the full
+    # budget: train.epochs). `fifo` trains every trial to the end.
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    grace_epochs: int = Field(1, ge=1)
+    reduction_factor: int = 3
+    max_epochs: int | None = Field(None, ge=1)
+    # Tries of a trial whose process fails (a lost node): it resumes from its last epoch
+    # checkpoint on another node; after max_retries more failures it is recorded as failed.
+    max_retries: int = Field(0, ge=0)
 
     @field_validator("space")
     @classmethod
@@ -711,6 +722,7 @@ def _check_consistency(
         )
     _check_genotype(cfg, source)
     _check_searched_neck(cfg, source)
+    _check_scheduler(cfg, source)
     if check_space:
         _check_space(cfg, source)
     lo, hi = cfg.input.scale_range
@@ -726,6 +738,39 @@ def _check_consistency(
         raise NasSearchError(
             f"{source}: data.synthetic.max_object_size: {syn.max_object_size} exceeds "
             f"image_size {syn.image_size}"
+        )
+
+
+def _check_scheduler(cfg: ExperimentConfig, source: str) -> None:
+    """ASHA's rungs must fit inside the trials' training (epochs are its time unit)."""
+    search = cfg.search
+    if search.reduction_factor < 2:
+        raise NasSearchError(
+            f"{source}: search.reduction_factor: {search.reduction_factor} keeps every trial; "
+            "successive halving needs at least 2"
+        )
+    if search.scheduler != "asha":
+        return
+    epochs = cfg.train.epochs
+    if cfg.train.max_iters is not None or epochs != int(epochs):
+        raise NasSearchError(
+            f"{source}: search.scheduler: asha counts whole epochs, but train.epochs is {epochs:g}"
+            + (" and train.max_iters is set" if cfg.train.max_iters is not None else "")
+        )
+    if search.max_epochs is not None and search.max_epochs != epochs:
+        raise NasSearchError(
+            f"{source}: search.max_epochs: {search.max_epochs} differs from train.epochs "
+            f"{epochs:g}, the trials' full budget (leave it out, or set both alike)"
+        )
+    if search.grace_epochs >= epochs:
+        raise NasSearchError(
+            f"{source}: search.grace_epochs: {search.grace_epochs} is not below max_epochs "
+            f"{epochs:g}, so no trial could be stopped early"
+        )
+    if cfg.proxy.repeats != 1:
+        raise NasSearchError(
+            f"{source}: search.scheduler: asha needs proxy.repeats 1 (got {cfg.proxy.repeats}); "
+            "a stopped architecture would have some repeats and not others"
         )
 
 

@@ -43,6 +43,7 @@ from nassearch.ranking import (
 from nassearch.recipes import PAPER_RECIPES, RECIPE_CHOICES, Recipe
 from nassearch.records import RECORD_FILE, ArchitectureRecord, read_records
 from nassearch.search_spaces import Genotype, genotype_from_dict
+from nassearch.status import Status
 
 CONFIG_FILE = "config.yaml"  # the resolved search config `nassearch run` saves (search.py)
 
@@ -469,13 +470,16 @@ def leaderboard(
     searched = [r for r in exp.records if not r.baseline]
     ok = [r for r in searched if r.successful]
     unique = {r.key for r in ok}
+    stopped = sum(1 for r in searched if r.status == Status.STOPPED)
     baselines = len(exp.records) - len(searched)
     lines = [
         f"# Top {len(exported)} architectures of `{exp.config.name}`",
         "",
         f"The experiment `{exp.path.resolve()}` has {len(searched)} evaluated architectures "
-        f"({len(ok)} successful, of which {len(unique)} unique; {len(searched) - len(ok)} "
-        f"failed) and {baselines} baseline(s).",
+        f"({len(ok)} successful, of which {len(unique)} unique; "
+        f"{len(searched) - len(ok) - stopped} failed"
+        f"{f'; {stopped} stopped early, never ranked' if stopped else ''}) "
+        f"and {baselines} baseline(s).",
         f"Search space {exp.config.search.space}; metrics are the proxy task's (reward: "
         f"{exp.config.proxy.reward}); retrain configs use the {recipe} recipe.",
         *(

@@ -54,6 +54,7 @@ class ArchitectureRecord:
     reward_std: float | None = None
     metrics: Mapping[str, float | None] = field(default_factory=dict)
     stage: str | None = None  # the progressive search's stage (fpn, head); None otherwise
+    rung: int | None = None  # status stopped: the epochs it trained before early stopping cut it
     controller_step: int | None = None  # None for baselines
     candidate_id: int | None = None
     time: str | None = None  # when the driver wrote it, ISO 8601 UTC
@@ -68,6 +69,7 @@ class ArchitectureRecord:
         trial_id: str,
         baseline: bool = False,
         stage: str | None = None,
+        rung: int | None = None,
     ) -> ArchitectureRecord:
         """The record of a finished trial (or baseline), stamped with the current time."""
         values = result.to_dict()
@@ -83,6 +85,7 @@ class ArchitectureRecord:
                 "trial_id": trial_id,
                 "baseline": baseline,
                 "stage": stage,
+                "rung": rung,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
         )
@@ -95,10 +98,10 @@ class ArchitectureRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The line as written: every field but `stage` when unset; unknown keys come back."""
+        """The line as written: every field but `stage`/`rung` when unset; unknown keys come back."""
         line: dict[str, Any] = dict(self.extra)
         for f in fields(self):
-            if f.name == "extra" or (f.name == "stage" and self.stage is None):
+            if f.name == "extra" or (f.name in ("stage", "rung") and getattr(self, f.name) is None):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, tuple):
@@ -256,6 +259,7 @@ _PARSERS = {
     "reward_std": _number,
     "metrics": _metrics,
     "stage": _optional_str,
+    "rung": _optional_int,
     "controller_step": _optional_int,
     "candidate_id": _optional_int,
     "time": _optional_str,

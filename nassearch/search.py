@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
 from nassearch.cluster import check_address, connect, warn_if_storage_not_shared
 from nassearch.config import ExperimentConfig, check_unchanged, save_config
@@ -35,7 +36,7 @@ from nassearch.device import torch_threads
 from nassearch.errors import NasSearchError
 from nassearch.jsonl import JsonlWriter
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
-from nassearch.proxy_eval.proxy_task import evaluate_repeated, repeat_seed
+from nassearch.proxy_eval.proxy_task import EPOCH_METRIC, evaluate_repeated, repeat_seed
 from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
 from nassearch.proxy_eval.trial import proxy_trial
 from nassearch.proxy_result import ProxyResult
@@ -175,6 +176,11 @@ def format_line(record: ArchitectureRecord, rewards: list[float], total: int) ->
     reward = record.reward
     rank = 1 + sum(r > reward for r in rewards) if reward is not None else done
     tag = f"baseline {record.name}" if record.baseline else f"{done}/{total}"
+    if record.status == Status.STOPPED:
+        return (
+            f"[{tag}] stopped at epoch {record.rung} (validation loss {record.val_loss:.4f})  "
+            f"key {record.key}"
+        )
     return (
         f"[{tag}] {record.status:<7} reward {reward if reward is not None else math.nan:.4f} "
         f"rank {rank}/{done}  key {record.key}  {record.train_seconds or 0:.0f}s"
@@ -195,8 +201,10 @@ class RecordCallback(tune.Callback):
         quiet: bool,
         stage: str | None = None,
         reward: str = "ap",
+        early_stopping: bool = False,
     ) -> None:
         self.path, self.total, self.quiet, self.stage = Path(path), total, quiet, stage
+        self.early_stopping = early_stopping  # search.scheduler asha: trials may be stopped
         self.reward = reward  # proxy.reward, for the no-signal warning's advice
         self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
         self.scores: list[list[float]] = []  # their repeats' scores (proxy.repeats)
@@ -230,11 +238,19 @@ class RecordCallback(tune.Callback):
     def _write(self, trial, result: dict[str, Any]) -> None:
         if trial.trial_id in self.recorded:
             return
+        proxy_result, rung = ProxyResult.from_report(result), None
+        if self.early_stopping and result.get("final") is not True and EPOCH_METRIC in result:
+            # Cut at a rung by ASHA: the partial metrics of its last epoch, no reward.
+            rung = int(result.get("epoch", 0))
+            proxy_result.status = Status.STOPPED
+            proxy_result.val_loss = float(result[EPOCH_METRIC])
+            proxy_result.message = f"stopped by early stopping after {rung} epoch(s)"
         record = ArchitectureRecord.from_result(
-            ProxyResult.from_report(result),
+            proxy_result,
             TrialSpec.from_config(trial.config),
             trial_id=trial.trial_id,
             stage=self.stage,
+            rung=rung,
         )
         with RecordWriter(self.path) as writer:
             writer.append(record)
@@ -278,6 +294,8 @@ def run_search(
     # about; Tune's own banner and table give way to one line per architecture.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # ASHA's metric is a per-epoch one; a trial's final report (the reward) carries none.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if address is not None and not ray.is_initialized():
         check_address(address)  # before any folder is made or data read: a quick error
     exp_dir = experiment_dir(cfg, storage)
@@ -385,11 +403,13 @@ def make_tuner(
     if tune_dir.exists():
         # Killed before Tune wrote its first state: no trial ever ran, nothing to keep.
         shutil.rmtree(tune_dir)
+    asha = cfg.search.scheduler == "asha"
     searcher = ControllerSearcher(
         make_controller(cfg, space),
         max_candidates=stage.num_architectures,
         tensorboard_dir=exp_dir / stage.tensorboard_dir,
         on_update=ControllerLog(exp_dir / CONTROLLER_LOG, stage.name),
+        rung_metric=EPOCH_METRIC if asha else None,
     )
     return tune.Tuner(
         trainable,
@@ -399,6 +419,7 @@ def make_tuner(
             max_concurrent_trials=cfg.search.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,
             trial_dirname_creator=trial_dirname,
+            scheduler=make_scheduler(cfg),
         ),
         run_config=tune.RunConfig(
             storage_path=str(exp_dir),
@@ -411,10 +432,30 @@ def make_tuner(
                     quiet=quiet,
                     stage=stage.name,
                     reward=cfg.proxy.reward,
+                    early_stopping=asha,
                 )
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_retries),
         ),
+    )
+
+
+def make_scheduler(cfg: ExperimentConfig) -> ASHAScheduler | None:
+    """`search.scheduler: asha`: Ray Tune's asynchronous successive halving on the per-epoch
+    validation loss; None (FIFO) otherwise. The last epoch is never cut (`stop_last_trials`
+    off): a trial that trained to the end is scored."""
+    search = cfg.search
+    if search.scheduler != "asha":
+        return None
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=EPOCH_METRIC,
+        mode="min",
+        max_t=int(cfg.train.epochs),
+        grace_period=search.grace_epochs,
+        reduction_factor=search.reduction_factor,
+        stop_last_trials=False,
     )
 
 
@@ -506,12 +547,15 @@ def format_top(
             f"{(r.params or 0):>11,}{(r.macs or 0) / 1e9:>8.2f}  {r.status}"
         )
     searched = [r for r in records if not r.baseline and r.successful]
-    failed = sum(1 for r in records if not r.successful)
+    stopped = sum(1 for r in records if r.status == Status.STOPPED)
+    failed = sum(1 for r in records if not r.successful) - stopped
+    stopped_text = f", {stopped} stopped early" if stopped else ""
     reevaluated = (
         f"; best {sum(1 for a in ranked if a.reevaluated)} re-evaluated" if reevaluations else ""
     )
     lines.append(
         f"{len(searched)} searched architectures evaluated ({len(ranked)} unique), {failed} failed"
+        f"{stopped_text}"
         f"{reevaluated}; records in {exp_dir / RECORD_FILE}, TensorBoard in {exp_dir}"
     )
     return "\n".join(lines)

@@ -13,3 +13,4 @@ class Status(StrEnum):
     INTERRUPTED = "interrupted"  # a stop signal; last.pth holds the step
     OOM = "oom"
     ERROR = "error"  # any other exception, or the trial's process died
+    STOPPED = "stopped"  # cut at a rung by the early-stopping scheduler (search.scheduler: asha)

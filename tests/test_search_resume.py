@@ -33,9 +33,12 @@ def _reported_epochs(trial_dir) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_path):
+@pytest.mark.parametrize("scheduler", ["fifo", "asha"])
+def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_path, scheduler):
     # Two trials at a time (one REINFORCE batch): two are in flight when the driver is killed.
-    cfg = search_config(tmp_path, num_architectures=6)
+    # With ASHA some are stopped at a rung, and the kill may fall mid-rung.
+    asha = {"scheduler": "asha", "grace_epochs": 1, "reduction_factor": 2}
+    cfg = search_config(tmp_path, num_architectures=6, **(asha if scheduler == "asha" else {}))
     cfg["train"]["epochs"] = 3  # trials have mid-way checkpoints to resume from
     path = write(tmp_path, cfg)
     exp = tmp_path / "runs" / "tiny-search"
@@ -80,7 +83,8 @@ def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_
     assert len(searched) == 6
     assert len({r["trial_id"] for r in searched}) == 6
     assert len({r["candidate_id"] for r in searched}) == 6
-    assert {r["status"] for r in searched} == {"ok"}
+    statuses = {r["status"] for r in searched}
+    assert statuses == {"ok"} if scheduler == "fifo" else statuses <= {"ok", "stopped"}
     # REINFORCE with batches of 2: the policy version keeps counting across the resume.
     assert sorted(r["controller_step"] for r in searched) == [0, 0, 1, 1, 2, 2]
     # No trial trained an epoch twice: a resumed trial continues after its last checkpoint and a

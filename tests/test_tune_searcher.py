@@ -445,3 +445,60 @@ def test_interrupted_search_resumes_with_tuner_restore(ray_session, tmp_path):
     assert ctrl.step == len(ctrl.rewards) // 4 > step_at_stop
     for config, reward in done.values():
         assert math.isclose(ctrl.evaluated[config["genotype_key"]], reward)
+
+
+# ------------------------------------------------------------------- early stopping (ASHA)
+
+
+def epochs(searcher, trial_id, losses):
+    for epoch, loss in enumerate(losses, start=1):
+        searcher.on_trial_result(trial_id, {"epoch": epoch, "epoch_val_loss": loss, "final": False})
+
+
+def test_a_stopped_trial_is_told_its_rung_standing_on_the_finished_rewards_scale():
+    """Constructed: five trials reach epoch 1 with losses 1..5; three finish with rewards 0.2,
+    0.5, 0.8; the two stopped at epoch 1 (losses 4 and 5) get the quantiles 0.75 and 1.0 of
+    their rung, i.e. the finished rewards' 0.25 and 0.0 quantiles: on the reward scale, at the
+    bottom, not the failure reward (-1)."""
+    D, E = [0, 1], [0, 2]
+    ctrl = scripted([A, B, C, D, E])
+    searcher = ControllerSearcher(ctrl, rung_metric="epoch_val_loss")
+    ids = [f"t{i}" for i in range(5)]
+    configs = [searcher.suggest(t) for t in ids]
+    for t, loss in zip(ids, [1.0, 2.0, 3.0, 4.0, 5.0], strict=True):
+        epochs(searcher, t, [loss])
+    for t, reward in zip(ids[:3], [0.2, 0.5, 0.8], strict=True):
+        epochs(searcher, t, [0.5, 0.4])
+        searcher.on_trial_complete(t, {"reward": reward, "final": True})
+    searcher.on_trial_complete("t3", {"epoch": 1, "epoch_val_loss": 4.0, "final": False})
+    searcher.on_trial_complete("t4", {"epoch": 1, "epoch_val_loss": 5.0, "final": False})
+    told = dict(ctrl.observed)
+    assert [told[c["candidate_id"]] for c in configs[:3]] == [0.2, 0.5, 0.8]
+    assert told[configs[3]["candidate_id"]] == pytest.approx(0.2 + 0.25 * 2 * (0.5 - 0.2))
+    assert told[configs[4]["candidate_id"]] == pytest.approx(0.2)
+    assert min(told.values()) >= 0.2 and searcher.num_stopped == 2 and searcher.num_failed == 0
+
+
+def test_a_stopped_trial_waits_for_a_finished_reward_and_its_key_is_not_trained_again():
+    ctrl = scripted([A, B, A])
+    searcher = ControllerSearcher(ctrl, rung_metric="epoch_val_loss")
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    epochs(searcher, "t0", [2.0])
+    epochs(searcher, "t1", [1.0])
+    searcher.on_trial_complete("t0", {"epoch": 1, "epoch_val_loss": 2.0, "final": False})
+    assert ctrl.observed == [] and searcher.deferred  # nothing finished to compare it with yet
+    # A's key is still in flight: a new proposal of A waits instead of training.
+    third = searcher.suggest("t2")  # parks A's candidate (id 2), hands out a new architecture
+    assert third["genotype_key"] != first["genotype_key"]
+    assert searcher.waiting == {first["genotype_key"]: [2]}
+    # Round trip through the searcher's state while the tell is deferred.
+    restored = ControllerSearcher(scripted([A, B, A]), rung_metric="epoch_val_loss")
+    restored.set_state(searcher.get_state())
+    assert restored.deferred == searcher.deferred and restored.rungs == searcher.rungs
+    for s in (searcher, restored):
+        epochs(s, "t1", [1.0, 0.5])
+        s.on_trial_complete("t1", {"reward": 0.7, "final": True})
+    for c in (ctrl, restored.controller):
+        told = dict(c.observed)
+        # Worst of a rung of two (quantile 1): the lowest finished reward; the duplicate too.
+        assert told == {first["candidate_id"]: 0.7, second["candidate_id"]: 0.7, 2: 0.7}

@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain
 
 from nassearch.controllers.base import Candidate, Controller, ControllerUpdate
+from nassearch.controllers.rung_reward import rung_quantile, stopped_reward
 from nassearch.errors import NasSearchError
 from nassearch.trial_spec import TrialSpec
 
@@ -32,7 +33,7 @@ __all__ = ["ControllerSearcher"]
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class ControllerSearcher(Searcher):
@@ -45,6 +46,11 @@ class ControllerSearcher(Searcher):
     (a converged policy or an exhausted space). Controller statistics go to TensorBoard in
     `tensorboard_dir`, written from the driver only; every controller update (`ControllerUpdate`)
     goes to TensorBoard under `update/` and to `on_update` (e.g. a `ControllerLog`).
+
+    With early stopping, `rung_metric` names the per-epoch metric (lower is better) reported
+    under `rung_time`: a trial that completes without a final result (`final` not true) but with
+    that metric was stopped at a rung, and is told the reward of its rung standing mapped onto
+    the finished trials' rewards (`rung_reward`); while no trial has finished, its tell waits.
     """
 
     def __init__(
@@ -57,6 +63,8 @@ class ControllerSearcher(Searcher):
         tensorboard_dir: str | Path | None = None,
         max_duplicates_in_a_row: int = 1000,
         on_update: Callable[[ControllerUpdate], None] | None = None,
+        rung_metric: str | None = None,
+        rung_time: str = "epoch",
     ) -> None:
         if mode not in ("max", "min"):
             raise NasSearchError(f"searcher mode: {mode!r} is not one of max, min")
@@ -80,6 +88,12 @@ class ControllerSearcher(Searcher):
         self.num_deduplicated = 0  # candidates resolved without training (cached or in flight)
         self.num_completed = 0  # trials told (including failures)
         self.num_failed = 0  # trials told the failure reward
+        self.rung_metric, self.rung_time = rung_metric, rung_time
+        self.rungs: dict[int, dict[str, float]] = {}  # epoch -> trial id -> rung metric
+        self.finished_rewards: list[float] = []  # rewards of trials that trained to the end
+        # Stopped trials not told yet: (trial id, candidate id, genotype key, rung quantile).
+        self.deferred: list[tuple[str, int, str, float]] = []
+        self.num_stopped = 0
         self._writer = None
 
     # ---------------------------------------------------------------------------- Tune hooks
@@ -120,6 +134,15 @@ class ControllerSearcher(Searcher):
         )
         return Searcher.FINISHED
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Keep every trial's per-epoch rung metric (early stopping ranks stopped trials by it)."""
+        if self.rung_metric is None or trial_id not in self.trials:
+            return
+        value, when = result.get(self.rung_metric), result.get(self.rung_time)
+        numbers = isinstance(value, (int, float)) and isinstance(when, (int, float))
+        if numbers and math.isfinite(value):
+            self.rungs.setdefault(int(when), {})[trial_id] = float(value)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
@@ -129,10 +152,23 @@ class ControllerSearcher(Searcher):
             logger.debug("trial %s is not one of this searcher's trials; ignored", trial_id)
             return
         cid, key = entry
-        reward = None if error else self.reward_from_result(result)
         self.num_completed += 1
+        quantile = None if error else self._stopped_quantile(trial_id, result)
+        if quantile is not None:
+            self.num_stopped += 1
+            # Its key stays in flight until told, so a duplicate waits instead of training.
+            self.deferred.append((trial_id, cid, key, quantile))
+            self._tell_deferred()
+            return
+        reward = None if error else self.reward_from_result(result)
         self.num_failed += reward is None
         self._tell(cid, reward, force_log=True)
+        if reward is not None:
+            self.finished_rewards.append(reward)
+        self._finish_key(trial_id, key, reward)
+        self._tell_deferred()
+
+    def _finish_key(self, trial_id: str, key: str, reward: float | None) -> None:
         if self.inflight.get(key) == trial_id:
             del self.inflight[key]
         waiting = self.waiting.pop(key, [])
@@ -141,6 +177,29 @@ class ControllerSearcher(Searcher):
             cached = self.controller.evaluated.get(key, reward)
             for other in waiting:
                 self._tell(other, cached)
+
+    def _stopped_quantile(self, trial_id: str, result: Mapping[str, Any] | None) -> float | None:
+        """Its rung standing if the trial was stopped at a rung (no final result), else None."""
+        if self.rung_metric is None or not result or result.get("final") is True:
+            return None
+        value, when = result.get(self.rung_metric), result.get(self.rung_time)
+        if not isinstance(value, (int, float)) or not isinstance(when, (int, float)):
+            return None
+        if not math.isfinite(value):
+            return None
+        peers = self.rungs.setdefault(int(when), {})
+        peers[trial_id] = float(value)
+        return rung_quantile(float(value), list(peers.values()))
+
+    def _tell_deferred(self) -> None:
+        """Tell the stopped trials their mapped reward once a finished reward exists."""
+        if not self.finished_rewards:
+            return
+        deferred, self.deferred = self.deferred, []
+        for trial_id, cid, key, quantile in deferred:
+            reward = stopped_reward(quantile, self.finished_rewards)
+            self._tell(cid, reward, force_log=True)
+            self._finish_key(trial_id, key, reward)
 
     def reward_from_result(self, result: Mapping[str, Any] | None) -> float | None:
         """The reward to tell for a final result: the metric (negated for `min`), or None."""
@@ -176,7 +235,11 @@ class ControllerSearcher(Searcher):
             "trials": {tid: [cid, key] for tid, (cid, key) in self.trials.items()},
             "inflight": dict(self.inflight),
             "waiting": {key: list(cids) for key, cids in self.waiting.items()},
+            "rungs": {str(t): dict(peers) for t, peers in self.rungs.items()},
+            "finished_rewards": list(self.finished_rewards),
+            "deferred": [list(d) for d in self.deferred],
             "counters": {
+                "num_stopped": self.num_stopped,
                 "num_suggested": self.num_suggested,
                 "num_deduplicated": self.num_deduplicated,
                 "num_completed": self.num_completed,
@@ -186,7 +249,9 @@ class ControllerSearcher(Searcher):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") == 1:  # written before early stopping: no rung fields
+            state = {**state, "rungs": {}, "finished_rewards": [], "deferred": []}
+        elif state.get("version") != STATE_VERSION:
             raise NasSearchError(
                 f"searcher state: version {state.get('version')!r} is not {STATE_VERSION}"
             )
@@ -196,6 +261,9 @@ class ControllerSearcher(Searcher):
         self.trials = {tid: (int(cid), str(key)) for tid, (cid, key) in state["trials"].items()}
         self.inflight = dict(state["inflight"])
         self.waiting = {key: [int(c) for c in cids] for key, cids in state["waiting"].items()}
+        self.rungs = {int(t): dict(peers) for t, peers in state["rungs"].items()}
+        self.finished_rewards = [float(r) for r in state["finished_rewards"]]
+        self.deferred = [(str(t), int(c), str(k), float(q)) for t, c, k, q in state["deferred"]]
         for name, value in state["counters"].items():
             setattr(self, name, int(value))
 
@@ -237,6 +305,7 @@ class ControllerSearcher(Searcher):
         )
         self.inflight.clear()
         self.waiting.clear()
+        self.deferred.clear()  # stopped trials with nothing finished to compare them with
         for cid in orphans:
             self._tell(cid, None)
         return self.controller.ask(1)

@@ -120,6 +120,13 @@ def evaluate_candidate(
             if value > proxy.cost.target:
                 result.message = f"{proxy.cost.metric} {value:g} over the hard limit {proxy.cost.target:g}: not trained"
                 return result
+        kwargs = {
+            "device": device,
+            "batch_size": cfg.eval.batch_size,
+            "size_divisor": cfg.input.size_divisor,
+        }
+        if cfg.search.scheduler == "asha":
+            on_epoch_end = _with_epoch_val_loss(model, reward_set, kwargs, on_epoch_end)
         trained = Trainer(
             model,
             train_set,
@@ -138,11 +145,6 @@ def evaluate_candidate(
         if trained.status != Status.OK:
             result.status, result.message = trained.status, trained.message
             return result
-        kwargs = {
-            "device": device,
-            "batch_size": cfg.eval.batch_size,
-            "size_divisor": cfg.input.size_divisor,
-        }
         metrics = evaluate_detector(model, reward_set, **kwargs)
         result.metrics = dict(metrics)
         result.ap, result.ap50 = metrics["AP"], metrics["AP50"]
@@ -171,6 +173,29 @@ def evaluate_candidate(
         if not result.train_seconds:
             result.train_seconds = time.perf_counter() - started
     return result
+
+
+EPOCH_METRIC = "epoch_val_loss"  # what the early-stopping scheduler compares at its rungs
+
+
+def _with_epoch_val_loss(
+    model: nn.Module,
+    reward_set: Any,
+    kwargs: dict[str, Any],
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> Callable[[int, dict[str, Any]], None]:
+    """`on_epoch_end` with the loss on the reward split added (`EPOCH_METRIC`, and the seconds
+    it took), for ASHA's rungs. It draws nothing from torch's RNG that training would see."""
+
+    def epoch_end(epoch: int, info: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            loss = validation_loss(model, reward_set, **kwargs)["loss"]
+        info = {**info, EPOCH_METRIC: loss, "epoch_val_seconds": time.perf_counter() - started}
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, info)
+
+    return epoch_end
 
 
 def repeat_seed(cfg: ExperimentConfig, repeat: int) -> int:
