@@ -62,6 +62,7 @@ def proxy_trial(
     `proxy.trial_checkpoints` off there are no per-epoch checkpoints (less disk for big models;
     an interrupted trial then restarts from scratch).
     """
+    import ray
     from ray import tune
 
     follow_ray_threads()
@@ -70,6 +71,7 @@ def proxy_trial(
     if done is not None:
         tune.report({**done.to_report(), "final": True, "from_record": True})
         return
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     cfg = validate_config(experiment, "search config", check_space=False)
     # Tune's own TensorBoard logger already receives every report; no second writer per trial.
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
@@ -84,6 +86,7 @@ def proxy_trial(
             metrics = {
                 "reward": math.nan,
                 "final": False,
+                "node_id": node_id,  # where it trained (multi-node clusters; Tune logs it)
                 "repeat": len(done),
                 "epoch": epoch,
                 "iteration": info["iteration"],
