@@ -430,6 +430,9 @@ class SearchConfig(Strict):
     # their rung (rungs at grace_epochs * reduction_factor^k epochs, below max_epochs, the full
     # budget: train.epochs). `fifo` trains every trial to the end.
     scheduler: Literal["fifo", "asha"] = "fifo"
+    # What ASHA compares at a rung, computed on the reward split after every epoch: the
+    # detection loss (cheap), or the proxy reward itself (AP / AP50 / neg_loss, an evaluation).
+    rung_metric: Literal["val_loss", "reward"] = "val_loss"
     grace_epochs: int = Field(1, ge=1)
     reduction_factor: int = 3
     max_epochs: int | None = Field(None, ge=1)

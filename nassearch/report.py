@@ -27,6 +27,7 @@ from nassearch.export import Experiment, load_experiment, record_genotype
 from nassearch.output_paths import check_output_folder
 from nassearch.ranking import RankedArchitecture, rank_records
 from nassearch.records import ArchitectureRecord
+from nassearch.status import Status
 
 Cost = Literal["macs", "params", "latency_ms"]
 COST_FIELD = {"macs": "macs", "params": "params", "latency_ms": "latency_ms"}
@@ -99,9 +100,11 @@ def _reward_panel(ax, exp: Experiment) -> None:
         if stages[i] != stages[i - 1]:
             ax.axvline(i + 0.5, color="gray", ls=":", lw=1)
             ax.text(i + 1, ax.get_ylim()[0], f" stage {stages[i]}", fontsize=7, va="bottom")
-    failed = len(searched) - len(xs)
+    stopped = sum(r.status == Status.STOPPED for r in searched)
+    failed = len(searched) - len(xs) - stopped
+    early = f", {stopped} stopped early" if stopped else ""
     ax.set_title(
-        f"reward per architecture ({len(searched)} evaluated, {failed} failed)", fontsize=9
+        f"reward per architecture ({len(searched)} evaluated, {failed} failed{early})", fontsize=9
     )
     ax.set_xlabel("architectures evaluated")
     ax.set_ylabel(f"reward ({exp.config.proxy.reward})")

@@ -36,7 +36,7 @@ from nassearch.device import torch_threads
 from nassearch.errors import NasSearchError
 from nassearch.jsonl import JsonlWriter
 from nassearch.proxy_eval.proxy_data import proxy_data, proxy_datasets, uses_feature_cache
-from nassearch.proxy_eval.proxy_task import EPOCH_METRIC, evaluate_repeated, repeat_seed
+from nassearch.proxy_eval.proxy_task import evaluate_repeated, repeat_seed, rung_metric
 from nassearch.proxy_eval.rescore import ScoreJob, run_score_jobs
 from nassearch.proxy_eval.trial import proxy_trial
 from nassearch.proxy_result import ProxyResult
@@ -177,10 +177,8 @@ def format_line(record: ArchitectureRecord, rewards: list[float], total: int) ->
     rank = 1 + sum(r > reward for r in rewards) if reward is not None else done
     tag = f"baseline {record.name}" if record.baseline else f"{done}/{total}"
     if record.status == Status.STOPPED:
-        return (
-            f"[{tag}] stopped at epoch {record.rung} (validation loss {record.val_loss:.4f})  "
-            f"key {record.key}"
-        )
+        partial = ", ".join(f"{k} {v:.4f}" for k, v in record.metrics.items() if v is not None)
+        return f"[{tag}] stopped at epoch {record.rung} ({partial})  key {record.key}"
     return (
         f"[{tag}] {record.status:<7} reward {reward if reward is not None else math.nan:.4f} "
         f"rank {rank}/{done}  key {record.key}  {record.train_seconds or 0:.0f}s"
@@ -201,10 +199,10 @@ class RecordCallback(tune.Callback):
         quiet: bool,
         stage: str | None = None,
         reward: str = "ap",
-        early_stopping: bool = False,
+        rung_metric: str | None = None,
     ) -> None:
         self.path, self.total, self.quiet, self.stage = Path(path), total, quiet, stage
-        self.early_stopping = early_stopping  # search.scheduler asha: trials may be stopped
+        self.rung_metric = rung_metric  # search.scheduler asha: trials may be stopped
         self.reward = reward  # proxy.reward, for the no-signal warning's advice
         self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
         self.scores: list[list[float]] = []  # their repeats' scores (proxy.repeats)
@@ -239,12 +237,17 @@ class RecordCallback(tune.Callback):
         if trial.trial_id in self.recorded:
             return
         proxy_result, rung = ProxyResult.from_report(result), None
-        if self.early_stopping and result.get("final") is not True and EPOCH_METRIC in result:
-            # Cut at a rung by ASHA: the partial metrics of its last epoch, no reward.
+        key = self.rung_metric
+        if key is not None and result.get("final") is not True and key in result:
+            # Cut at a rung by ASHA: the partial metric of its last epoch, no reward.
             rung = int(result.get("epoch", 0))
             proxy_result.status = Status.STOPPED
-            proxy_result.val_loss = float(result[EPOCH_METRIC])
-            proxy_result.message = f"stopped by early stopping after {rung} epoch(s)"
+            proxy_result.metrics = {key: float(result[key])}
+            if key == "epoch_val_loss":
+                proxy_result.val_loss = float(result[key])
+            proxy_result.message = (
+                f"stopped by early stopping after {rung} epoch(s), {key} {result[key]:.4f}"
+            )
         record = ArchitectureRecord.from_result(
             proxy_result,
             TrialSpec.from_config(trial.config),
@@ -409,7 +412,8 @@ def make_tuner(
         max_candidates=stage.num_architectures,
         tensorboard_dir=exp_dir / stage.tensorboard_dir,
         on_update=ControllerLog(exp_dir / CONTROLLER_LOG, stage.name),
-        rung_metric=EPOCH_METRIC if asha else None,
+        rung_metric=rung_metric(cfg)[0] if asha else None,
+        rung_mode=rung_metric(cfg)[1],
     )
     return tune.Tuner(
         trainable,
@@ -432,7 +436,7 @@ def make_tuner(
                     quiet=quiet,
                     stage=stage.name,
                     reward=cfg.proxy.reward,
-                    early_stopping=asha,
+                    rung_metric=rung_metric(cfg)[0] if asha else None,
                 )
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -448,10 +452,11 @@ def make_scheduler(cfg: ExperimentConfig) -> ASHAScheduler | None:
     search = cfg.search
     if search.scheduler != "asha":
         return None
+    metric, mode = rung_metric(cfg)
     return ASHAScheduler(
         time_attr="epoch",
-        metric=EPOCH_METRIC,
-        mode="min",
+        metric=metric,
+        mode=mode,
         max_t=int(cfg.train.epochs),
         grace_period=search.grace_epochs,
         reduction_factor=search.reduction_factor,

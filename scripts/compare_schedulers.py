@@ -6,7 +6,7 @@ hour without losing the best one.
     python scripts/compare_schedulers.py experiments/demo_cpu.yaml --archs 24 --seeds 3 \
         --out runs/schedulers [--set search.reduction_factor=3 ...]
 
-Writes `schedulers.json`, `schedulers.md` and `schedulers.png` into --out. Search seconds run
+Writes `schedulers-<asha-name>.json`, `.md` and `.png` into --out. Search seconds run
 from the baseline's record (the Tuner starts right after it) to the last architecture's record,
 so neither the baseline nor the re-scoring counts. The best architectures' difference is
 compared with the least significant difference (two-sided t, 5%) of their re-scored means.
@@ -28,6 +28,7 @@ from pathlib import Path
 from scipy import stats
 
 from nassearch.config import load_config
+from nassearch.console import silent
 from nassearch.jsonl import read_jsonl
 from nassearch.records import RECORD_FILE, read_records
 from nassearch.status import Status
@@ -59,12 +60,14 @@ def _time(text: str) -> float:
 
 
 def run_one(config: str, scheduler: str, args: argparse.Namespace) -> SchedulerRun:
-    name = f"{Path(config).stem}-{scheduler}"
+    label = scheduler if scheduler == "fifo" else args.asha_name
+    name = f"{Path(config).stem}-{label}"
     sets = [
         f"search.scheduler={scheduler}",
         f"search.num_architectures={args.archs}",
         f"search.reevaluate_top={{k: 1, seeds: {args.seeds}}}",
         *args.set,
+        *(args.asha_set if scheduler == "asha" else []),
     ]
     command = [sys.executable, "-m", "nassearch", "run", config, "--name", name]
     command += ["--storage", str(args.out)] + [x for s in sets for x in ("--set", s)]
@@ -91,7 +94,7 @@ def run_one(config: str, scheduler: str, args: argparse.Namespace) -> SchedulerR
         epochs += r.rung if r.status == Status.STOPPED else full
     train = [r.train_seconds for r in searched if r.train_seconds]
     return SchedulerRun(
-        scheduler=scheduler,
+        scheduler=label,
         architectures=len(searched),
         finished=len(finished),
         stopped=sum(r.status == Status.STOPPED for r in searched),
@@ -105,6 +108,54 @@ def run_one(config: str, scheduler: str, args: argparse.Namespace) -> SchedulerR
         best_recorded=float(best.reward),
         best_scores=[float(best.reward), *extra],
     )
+
+
+def epoch_metric_cost(exp: Path) -> dict[str, float]:
+    """From the ASHA run's trial logs: seconds of the per-epoch validation loss against the
+    epoch's whole time (Tune's time_this_iter_s of the epoch report)."""
+    val, whole = [], []
+    for path in sorted((exp / "tune").glob("trial_*/result.json")):
+        for line in path.read_text().splitlines():
+            report = json.loads(line)
+            if report.get("final") is False and "epoch_metric_seconds" in report:
+                val.append(report["epoch_metric_seconds"])
+                whole.append(report["time_this_iter_s"])
+    return {
+        "epochs": len(val),
+        "val_loss_seconds_median": statistics.median(val),
+        "epoch_seconds_median": statistics.median(whole),
+        "share": sum(val) / sum(whole),
+    }
+
+
+def ap_against_loss_seconds(config: str, sets: list[str], repeats: int = 3) -> dict[str, float]:
+    """Seconds of one per-epoch AP (inference, decoding, NMS, COCOeval) and of one validation
+    loss on the reward split, for the FPN baseline after one epoch: medians of `repeats`."""
+    import torch
+
+    from nassearch.detectors.build import build_detector
+    from nassearch.engine.evaluate import evaluate_detector, validation_loss
+    from nassearch.engine.trainer import Trainer
+    from nassearch.proxy_eval.proxy_data import proxy_datasets
+    from nassearch.search_spaces import named_genotypes
+
+    cfg = load_config(config, sets)
+    torch.set_num_threads(int(cfg.search.cpus_per_trial))
+    train_set, reward_set = proxy_datasets(cfg)
+    genotype = named_genotypes(cfg.search.space)["FPN"]
+    model = build_detector(cfg.candidate_model(), len(train_set.cat_ids), genotype, seed=0)
+    one = cfg.train.model_copy(update={"epochs": 1})
+    Trainer(model, train_set, one, device="cpu", seed=0, progress=False, log=silent).fit()
+    kwargs = {"device": "cpu", "batch_size": cfg.eval.batch_size, "size_divisor": 32}
+    timings: dict[str, list[float]] = {"ap": [], "val_loss": []}
+    for _ in range(repeats):
+        for name, fn in (("ap", evaluate_detector), ("val_loss", validation_loss)):
+            started = time.perf_counter()
+            fn(model, reward_set, **kwargs)
+            timings[name].append(time.perf_counter() - started)
+    return {f"{k}_seconds": statistics.median(v) for k, v in timings.items()} | {
+        "reward_images": len(reward_set)
+    }
 
 
 def least_significant_difference(a: list[float], b: list[float]) -> float:
@@ -172,17 +223,40 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="re-scoring seeds of each best")
     parser.add_argument("--out", type=Path, default=Path("runs/schedulers"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--asha-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings of the ASHA run only (e.g. search.rung_metric=reward)",
+    )
+    parser.add_argument("--asha-name", default="asha", help="its run's name suffix")
     parser.add_argument("--rerun", action="store_true", help="run again over finished runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_one(args.config, s, args) for s in ("fifo", "asha")]
     lsd = least_significant_difference(runs[0].best_scores, runs[1].best_scores)
     text = table(runs, lsd)
+    cost = epoch_metric_cost(args.out / f"{Path(args.config).stem}-{args.asha_name}")
+    cost |= ap_against_loss_seconds(args.config, args.set)
+    text += (
+        f"\nPer-epoch rung metric of the ASHA run took "
+        f"{cost['val_loss_seconds_median']:.2f} s (median of {cost['epochs']} epochs), "
+        f"{100 * cost['share']:.1f}% of the trials' epoch time "
+        f"({cost['epoch_seconds_median']:.1f} s median); on the FPN baseline after one epoch, "
+        f"AP on the same {cost['reward_images']} images took {cost['ap_seconds']:.2f} s against "
+        f"{cost['val_loss_seconds']:.2f} s for the loss.\n"
+    )
     print(text)
-    result = {"runs": [asdict(r) for r in runs], "lsd": lsd, "config": args.config}
-    (args.out / "schedulers.json").write_text(json.dumps(result, indent=2))
-    (args.out / "schedulers.md").write_text(text)
-    plot(runs, args.out / "schedulers.png")
+    result = {
+        "runs": [asdict(r) for r in runs],
+        "lsd": lsd,
+        "config": args.config,
+        "epoch_metric_cost": cost,
+    }
+    (args.out / f"schedulers-{args.asha_name}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"schedulers-{args.asha_name}.md").write_text(text)
+    plot(runs, args.out / f"schedulers-{args.asha_name}.png")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,16 @@ records, so the first two recorded architectures are evaluated again in this pro
 CUDA (bf16, warm: (a) already ran it) and on CPU (all of torch's threads); training seconds of
 each and their ratio.
 
+(c) `--concurrency 1 2 4`: the same search once per setting, with k trials per GPU
+(`gpus_per_trial` 1/k, `max_concurrent` k, more architectures so each slot sees several), and
+architectures per GPU-hour from its wall time: whether packing small trials pays, measured.
+
 Without CUDA it prints one line, writes `{"cuda": false, ...}` with `--out`, and exits 0 (1 with
 `--require-cuda`). Prints tables and writes JSON (`--out`).
 
     python scripts/gpu_check.py --out gpu_check.json
     python scripts/gpu_check.py --archs 6 --epochs 3 --set data.synthetic.image_size=320 input.size=320
+    python scripts/gpu_check.py --concurrency 1 2 4 --archs 8 --out packing.json
 
 `--device cpu` (hidden) runs the same code on CPU with tiny settings, to check the logic without
 a GPU (gpus_per_trial 0; peak GPU memory is then not measured).
@@ -150,16 +155,16 @@ def run_search_part(cfg: ExperimentConfig, storage: Path) -> dict[str, Any]:
     t0 = min((s for s, _ in intervals.values()), default=0.0)
     trials = []
     for r in records:
-        span = intervals.get(r.get("trial_id", ""))
+        span = intervals.get(r.trial_id)
         trials.append(
             {
-                "trial_id": r.get("trial_id"),
-                "key": r.get("key"),
-                "genotype": r.get("genotype"),
-                "status": r.get("status"),
-                "message": r.get("message"),
-                "reward": r.get("reward"),
-                "train_seconds": r.get("train_seconds"),
+                "trial_id": r.trial_id,
+                "key": r.key,
+                "genotype": r.genotype,
+                "status": str(r.status),
+                "message": r.message,
+                "reward": r.reward,
+                "train_seconds": r.train_seconds,
                 "start_s": None if span is None else span[0] - t0,
                 "end_s": None if span is None else span[1] - t0,
             }
@@ -173,6 +178,55 @@ def run_search_part(cfg: ExperimentConfig, storage: Path) -> dict[str, Any]:
         "overlapped": most >= 2,
         "ray_cluster_resources": resources,
     }
+
+
+def concurrency_sweep(args: argparse.Namespace, storage: Path) -> list[dict[str, Any]]:
+    """Part (c): one search per k in --concurrency, k trials sharing each GPU."""
+    import ray
+
+    rows = []
+    for k in args.concurrency:
+        cfg = build_config(args)
+        gpu = args.device != "cpu"
+        search = cfg.search.model_copy(
+            update={"max_concurrent": k, "gpus_per_trial": (1 / k) if gpu else 0}
+        )
+        cfg = cfg.model_copy(update={"search": search, "name": f"{NAME}-x{k}"})
+        ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _temp_dir=ray_tmp,
+        )
+        try:
+            part = run_search_part(cfg, storage)
+        finally:
+            ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        done = sum(t["status"] == "ok" for t in part["trials"])
+        gpus = 1 if gpu else 0
+        rows.append(
+            {
+                "trials_per_gpu": k,
+                "gpus_per_trial": search.gpus_per_trial,
+                "architectures": len(part["trials"]),
+                "ok": done,
+                "wall_seconds": part["wall_seconds"],
+                "max_concurrent_trials": part["max_concurrent_trials"],
+                "architectures_per_gpu_hour": (
+                    3600 * done / (part["wall_seconds"] * gpus) if gpus else None
+                ),
+                "architectures_per_hour": 3600 * done / part["wall_seconds"],
+            }
+        )
+        print(
+            f"{k} trial(s) per GPU: {done}/{len(part['trials'])} ok in "
+            f"{part['wall_seconds']:.0f} s, at most {part['max_concurrent_trials']} at once, "
+            f"{rows[-1]['architectures_per_hour']:.1f} architectures/hour"
+        )
+    return rows
 
 
 def sync(device: torch.device) -> None:
@@ -362,11 +416,21 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config value, e.g. --set train.batch_size=16",
     )
     ap.add_argument("--skip-search", action="store_true", help="only the direct runs, no Ray")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="also run the search with K trials per GPU for each K (e.g. 1 2 4)",
+    )
     ap.add_argument("--storage", help="keep the search experiment here (default: a temp dir)")
     ap.add_argument("--out", help="write the report as JSON")
     ap.add_argument("--require-cuda", action="store_true", help="exit 1 without CUDA")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.concurrency and min(args.concurrency) < 1:
+        ap.error(f"--concurrency: trials per GPU must be at least 1, got {min(args.concurrency)}")
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device (torch.cuda.is_available() is false), so the GPU check was not run")
@@ -374,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if args.require_cuda else 0
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-            report = check(args, Path(args.storage) if args.storage else Path(tmp))
+            storage = Path(args.storage) if args.storage else Path(tmp)
+            report = check(args, storage)
+            if args.concurrency:
+                report["concurrency"] = concurrency_sweep(args, storage)
     except NasSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ class ControllerSearcher(Searcher):
     `tensorboard_dir`, written from the driver only; every controller update (`ControllerUpdate`)
     goes to TensorBoard under `update/` and to `on_update` (e.g. a `ControllerLog`).
 
-    With early stopping, `rung_metric` names the per-epoch metric (lower is better) reported
+    With early stopping, `rung_metric` names the per-epoch metric (`rung_mode` min or max) reported
     under `rung_time`: a trial that completes without a final result (`final` not true) but with
     that metric was stopped at a rung, and is told the reward of its rung standing mapped onto
     the finished trials' rewards (`rung_reward`); while no trial has finished, its tell waits.
@@ -65,6 +65,7 @@ class ControllerSearcher(Searcher):
         on_update: Callable[[ControllerUpdate], None] | None = None,
         rung_metric: str | None = None,
         rung_time: str = "epoch",
+        rung_mode: str = "min",
     ) -> None:
         if mode not in ("max", "min"):
             raise NasSearchError(f"searcher mode: {mode!r} is not one of max, min")
@@ -89,6 +90,7 @@ class ControllerSearcher(Searcher):
         self.num_completed = 0  # trials told (including failures)
         self.num_failed = 0  # trials told the failure reward
         self.rung_metric, self.rung_time = rung_metric, rung_time
+        self.rung_lower_is_better = rung_mode == "min"
         self.rungs: dict[int, dict[str, float]] = {}  # epoch -> trial id -> rung metric
         self.finished_rewards: list[float] = []  # rewards of trials that trained to the end
         # Stopped trials not told yet: (trial id, candidate id, genotype key, rung quantile).
@@ -189,7 +191,9 @@ class ControllerSearcher(Searcher):
             return None
         peers = self.rungs.setdefault(int(when), {})
         peers[trial_id] = float(value)
-        return rung_quantile(float(value), list(peers.values()))
+        return rung_quantile(
+            float(value), list(peers.values()), lower_is_better=self.rung_lower_is_better
+        )
 
     def _tell_deferred(self) -> None:
         """Tell the stopped trials their mapped reward once a finished reward exists."""

@@ -126,7 +126,7 @@ def evaluate_candidate(
             "size_divisor": cfg.input.size_divisor,
         }
         if cfg.search.scheduler == "asha":
-            on_epoch_end = _with_epoch_val_loss(model, reward_set, kwargs, on_epoch_end)
+            on_epoch_end = _with_rung_metric(model, reward_set, kwargs, cfg, on_epoch_end)
         trained = Trainer(
             model,
             train_set,
@@ -175,23 +175,36 @@ def evaluate_candidate(
     return result
 
 
-EPOCH_METRIC = "epoch_val_loss"  # what the early-stopping scheduler compares at its rungs
+def rung_metric(cfg: ExperimentConfig) -> tuple[str, str]:
+    """The per-epoch report key early stopping compares at its rungs, and its mode."""
+    if cfg.search.rung_metric == "val_loss":
+        return "epoch_val_loss", "min"
+    return "epoch_reward", "max"
 
 
-def _with_epoch_val_loss(
+def _with_rung_metric(
     model: nn.Module,
     reward_set: Any,
     kwargs: dict[str, Any],
+    cfg: ExperimentConfig,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> Callable[[int, dict[str, Any]], None]:
-    """`on_epoch_end` with the loss on the reward split added (`EPOCH_METRIC`, and the seconds
-    it took), for ASHA's rungs. It draws nothing from torch's RNG that training would see."""
+    """`on_epoch_end` with `rung_metric(cfg)` on the reward split added (and the seconds it
+    took, `epoch_metric_seconds`), for ASHA's rungs: the detection loss, or the proxy reward
+    before any cost term. It draws nothing from torch's RNG that training would see."""
+    key, _ = rung_metric(cfg)
+    reward = cfg.proxy.reward
 
     def epoch_end(epoch: int, info: dict[str, Any]) -> None:
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
-            loss = validation_loss(model, reward_set, **kwargs)["loss"]
-        info = {**info, EPOCH_METRIC: loss, "epoch_val_seconds": time.perf_counter() - started}
+            if key == "epoch_val_loss" or reward == "neg_loss":
+                value = validation_loss(model, reward_set, **kwargs)["loss"]
+                value = value if key == "epoch_val_loss" else -value
+            else:
+                metrics = evaluate_detector(model, reward_set, **kwargs)
+                value = metrics["AP"] if reward == "ap" else metrics["AP50"]
+        info = {**info, key: value, "epoch_metric_seconds": time.perf_counter() - started}
         if on_epoch_end is not None:
             on_epoch_end(epoch, info)
 

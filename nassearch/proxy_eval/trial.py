@@ -26,7 +26,7 @@ from typing import Any
 from nassearch.config import validate_config
 from nassearch.device import follow_ray_threads
 from nassearch.proxy_eval.proxy_data import proxy_data
-from nassearch.proxy_eval.proxy_task import EPOCH_METRIC, evaluate_repeated
+from nassearch.proxy_eval.proxy_task import evaluate_repeated
 from nassearch.proxy_result import ProxyResult
 from nassearch.records import read_records
 from nassearch.search_spaces import genotype_from_dict
@@ -92,7 +92,7 @@ def proxy_trial(
                 "iteration": info["iteration"],
                 "lr": info["lr"],
                 **{k: v for k, v in info.items() if k.startswith("loss")},
-                **{k: info[k] for k in (EPOCH_METRIC, "epoch_val_seconds") if k in info},
+                **{k: v for k, v in info.items() if k.startswith("epoch_")},  # rung metric
             }
             last = _last_path(Path(work_dir), len(done))
             if not (checkpoints and last.is_file()):
