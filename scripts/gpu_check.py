@@ -180,9 +180,28 @@ def run_search_part(cfg: ExperimentConfig, storage: Path) -> dict[str, Any]:
     }
 
 
+def search_on_own_ray(cfg: ExperimentConfig, storage: Path) -> dict[str, Any]:
+    """`run_search_part` on a Ray instance of its own (never one a `ray start` left running), in
+    a short folder: Ray's Unix socket paths must stay short."""
+    import ray
+
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _temp_dir=ray_tmp,
+    )
+    try:
+        return run_search_part(cfg, storage)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def concurrency_sweep(args: argparse.Namespace, storage: Path) -> list[dict[str, Any]]:
     """Part (c): one search per k in --concurrency, k trials sharing each GPU."""
-    import ray
 
     rows = []
     for k in args.concurrency:
@@ -192,19 +211,7 @@ def concurrency_sweep(args: argparse.Namespace, storage: Path) -> list[dict[str,
             update={"max_concurrent": k, "gpus_per_trial": (1 / k) if gpu else 0}
         )
         cfg = cfg.model_copy(update={"search": search, "name": f"{NAME}-x{k}"})
-        ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _temp_dir=ray_tmp,
-        )
-        try:
-            part = run_search_part(cfg, storage)
-        finally:
-            ray.shutdown()
-            shutil.rmtree(ray_tmp, ignore_errors=True)
+        part = search_on_own_ray(cfg, storage)
         done = sum(t["status"] == "ok" for t in part["trials"])
         gpus = 1 if gpu else 0
         rows.append(
@@ -362,7 +369,6 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def check(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
     """Parts (a) and (b); returns the report."""
-    import ray
 
     from nassearch.proxy_eval.proxy_data import proxy_datasets
     from nassearch.search_spaces import genotype_from_dict, get_space
@@ -371,21 +377,7 @@ def check(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
     report: dict[str, Any] = {**machine(), "config": json.loads(cfg.model_dump_json())}
     genotypes = []
     if not args.skip_search:
-        # A Ray instance of its own (never one a `ray start` left running), in a short folder:
-        # Ray's Unix socket paths must stay short.
-        ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _temp_dir=ray_tmp,
-        )
-        try:
-            report["search"] = run_search_part(cfg, storage)
-        finally:
-            ray.shutdown()
-            shutil.rmtree(ray_tmp, ignore_errors=True)
+        report["search"] = search_on_own_ray(cfg, storage)
         genotypes = [genotype_from_dict(t["genotype"]) for t in report["search"]["trials"][:2]]
     if len(genotypes) < 2:  # no search, or fewer records than asked: seeded samples instead
         space = get_space(cfg.search.space, **cfg.search.space_options)
