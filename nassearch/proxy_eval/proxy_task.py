@@ -125,7 +125,7 @@ def evaluate_candidate(
             "batch_size": cfg.eval.batch_size,
             "size_divisor": cfg.input.size_divisor,
         }
-        if cfg.search.scheduler == "asha":
+        if cfg.search.scheduler == "asha" and on_epoch_end is not None:  # a search trial
             on_epoch_end = _with_rung_metric(model, reward_set, kwargs, cfg, on_epoch_end)
         trained = Trainer(
             model,
