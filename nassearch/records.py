@@ -128,6 +128,8 @@ class ArchitectureRecord:
                 raise ValueError(f"{name}: {data[name]!r} does not fit") from None
         if "status" not in values:
             raise ValueError("status: missing")
+        # `"status": null`: earlier versions wrote it for a trial that ended without a final
+        # report (cut by the time budget); it was never a success.
         return cls(**values)
 
     # --- what ranking, export and the console ask of a record ---
@@ -241,7 +243,7 @@ def _flag(value: Any) -> bool:
 
 
 _PARSERS = {
-    "status": Status,
+    "status": lambda value: Status.ERROR if value is None else Status(value),
     "reward": _number,
     "trial_id": _string,
     "genotype": _genotype,

@@ -72,6 +72,16 @@ def test_a_line_that_does_not_fit_the_schema_is_skipped_naming_the_field(tmp_pat
     assert ":4: " in messages[2] and "status: missing" in messages[2]
 
 
+def test_an_old_record_with_a_null_status_reads_as_a_failure(tmp_path):
+    """Earlier versions wrote `"status": null` for a trial cut by the time budget."""
+    path = tmp_path / "architectures.jsonl"
+    path.write_text(
+        json.dumps({"key": "a", "trial_id": "t1", "reward": None, "status": None}) + "\n"
+    )
+    [record] = read_records(path)
+    assert record.status is Status.ERROR and not record.successful and record.trial_id == "t1"
+
+
 def test_records_written_before_the_flops_rename_read_back_as_macs(tmp_path):
     path = tmp_path / "architectures.jsonl"
     old = {"key": "a", "reward": 0.1, "status": "ok", "flops": 123}
