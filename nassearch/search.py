@@ -192,6 +192,10 @@ class RecordCallback(tune.Callback):
     trial that finishes again after a resume (it re-reports its record) is not written twice.
     """
 
+    # A callback pickled by an earlier version (Tune restores callbacks with an interrupted
+    # experiment) has no such attribute: it ran without early stopping.
+    rung_metric: str | None = None
+
     def __init__(
         self,
         path: Path,

@@ -502,3 +502,19 @@ def test_a_stopped_trial_waits_for_a_finished_reward_and_its_key_is_not_trained_
         told = dict(c.observed)
         # Worst of a rung of two (quantile 1): the lowest finished reward; the duplicate too.
         assert told == {first["candidate_id"]: 0.7, second["candidate_id"]: 0.7, 2: 0.7}
+
+
+def test_a_searcher_pickled_before_early_stopping_restores_and_completes_trials():
+    """Tuner.restore unpickles the searcher an earlier version saved in tuner.pkl."""
+    searcher = ControllerSearcher(scripted([A, B]))
+    config = searcher.suggest("t0")
+    old = searcher.__getstate__()
+    for name in ("rung_metric", "rung_time", "rung_lower_is_better", "rungs",
+                 "finished_rewards", "deferred", "num_stopped"):  # fmt: skip
+        del old[name]
+    restored = ControllerSearcher.__new__(ControllerSearcher)
+    restored.__setstate__(old)
+    restored.on_trial_result("t0", {"epoch": 1, "loss": 1.0})
+    restored.on_trial_complete("t0", {"reward": 0.4, "final": True})
+    assert dict(restored.controller.observed) == {config["candidate_id"]: 0.4}
+    assert restored.finished_rewards == [0.4] and restored.num_stopped == 0

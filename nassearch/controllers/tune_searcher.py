@@ -277,6 +277,20 @@ class ControllerSearcher(Searcher):
         state["_writer"] = None
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A searcher pickled before early stopping existed (an experiment's tuner.pkl, read back
+        # by `Tuner.restore`) has no rung fields: it searched without early stopping.
+        defaults = {
+            "rung_metric": None,
+            "rung_time": "epoch",
+            "rung_lower_is_better": True,
+            "rungs": {},
+            "finished_rewards": [],
+            "deferred": [],
+            "num_stopped": 0,
+        }
+        self.__dict__.update({**defaults, **state})
+
     # ------------------------------------------------------------------------------- helpers
 
     def _hand_out(self, trial_id: str, cand: Candidate) -> dict[str, Any]:
