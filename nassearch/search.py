@@ -252,6 +252,11 @@ class RecordCallback(tune.Callback):
             proxy_result.message = (
                 f"stopped by early stopping after {rung} epoch(s), {key} {result[key]:.4f}"
             )
+        elif result.get("final") is not True and "status" not in result:
+            proxy_result.message = (
+                f"ended after epoch {result.get('epoch', 0)} without its final report "
+                "(search.time_budget_s ran out, or Tune stopped it)"
+            )
         record = ArchitectureRecord.from_result(
             proxy_result,
             TrialSpec.from_config(trial.config),

@@ -88,3 +88,20 @@ def test_an_asha_search_records_stopped_trials_and_never_ranks_them(ray_session,
     assert {e.key for e in exported} == {r.key for r in finished}  # stopped: never ranked
     board = (exp / "export" / "leaderboard.md").read_text()
     assert f"{len(stopped)} stopped early, never ranked" in board
+
+
+def test_a_trial_ended_without_its_final_report_is_a_failure_that_says_why(tmp_path):
+    """A trial cut by the time budget completes with an epoch report as its last result."""
+    from types import SimpleNamespace
+
+    from nassearch.search import RecordCallback
+    from nassearch.search_spaces.nasfpn import FPN
+
+    path = tmp_path / "architectures.jsonl"
+    callback = RecordCallback(path, total=2, quiet=True)
+    config = {"genotype": FPN.to_dict(), "genotype_key": FPN.key()}
+    trial = SimpleNamespace(trial_id="t1", config=config, last_result={"epoch": 2, "final": False})
+    callback.on_trial_complete(0, [], trial)
+    [record] = read_records(path)
+    assert record.status == Status.ERROR and record.reward is None
+    assert record.message.startswith("ended after epoch 2 without its final report")
