@@ -138,12 +138,17 @@ class ControllerSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Keep every trial's per-epoch rung metric (early stopping ranks stopped trials by it)."""
-        if self.rung_metric is None or trial_id not in self.trials:
-            return
+        found = self._rung_value(result) if trial_id in self.trials else None
+        if found is not None:
+            self.rungs.setdefault(found[0], {})[trial_id] = found[1]
+
+    def _rung_value(self, result: Mapping[str, Any] | None) -> tuple[int, float] | None:
+        """(epoch, finite rung metric) of a per-epoch result, or None."""
+        if self.rung_metric is None or not result:
+            return None
         value, when = result.get(self.rung_metric), result.get(self.rung_time)
         numbers = isinstance(value, (int, float)) and isinstance(when, (int, float))
-        if numbers and math.isfinite(value):
-            self.rungs.setdefault(int(when), {})[trial_id] = float(value)
+        return (int(when), float(value)) if numbers and math.isfinite(value) else None
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -182,18 +187,13 @@ class ControllerSearcher(Searcher):
 
     def _stopped_quantile(self, trial_id: str, result: Mapping[str, Any] | None) -> float | None:
         """Its rung standing if the trial was stopped at a rung (no final result), else None."""
-        if self.rung_metric is None or not result or result.get("final") is True:
+        found = None if result is None or result.get("final") is True else self._rung_value(result)
+        if found is None:
             return None
-        value, when = result.get(self.rung_metric), result.get(self.rung_time)
-        if not isinstance(value, (int, float)) or not isinstance(when, (int, float)):
-            return None
-        if not math.isfinite(value):
-            return None
-        peers = self.rungs.setdefault(int(when), {})
-        peers[trial_id] = float(value)
-        return rung_quantile(
-            float(value), list(peers.values()), lower_is_better=self.rung_lower_is_better
-        )
+        when, value = found
+        peers = self.rungs.setdefault(when, {})
+        peers[trial_id] = value
+        return rung_quantile(value, list(peers.values()), lower_is_better=self.rung_lower_is_better)
 
     def _tell_deferred(self) -> None:
         """Tell the stopped trials their mapped reward once a finished reward exists."""
