@@ -187,7 +187,7 @@ def _with_rung_metric(
     reward_set: Any,
     kwargs: dict[str, Any],
     cfg: ExperimentConfig,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None],
 ) -> Callable[[int, dict[str, Any]], None]:
     """`on_epoch_end` with `rung_metric(cfg)` on the reward split added (and the seconds it
     took, `epoch_metric_seconds`), for ASHA's rungs: the detection loss, or the proxy reward
@@ -204,9 +204,9 @@ def _with_rung_metric(
             else:
                 metrics = evaluate_detector(model, reward_set, **kwargs)
                 value = metrics["AP"] if reward == "ap" else metrics["AP50"]
-        info = {**info, key: value, "epoch_metric_seconds": time.perf_counter() - started}
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, info)
+        on_epoch_end(
+            epoch, {**info, key: value, "epoch_metric_seconds": time.perf_counter() - started}
+        )
 
     return epoch_end
 
