@@ -92,7 +92,7 @@ class ArchitectureRecord:
 
     def to_result(self) -> ProxyResult:
         """The proxy result this record holds (a resumed trial re-reports it)."""
-        values = {name: getattr(self, name) for name in _RESULT_FIELDS}
+        values = {f.name: getattr(self, f.name) for f in fields(ProxyResult) if f.name in _SHARED}
         return ProxyResult.from_report(
             values | {"genotype_key": self.key or "", "scores": list(self.scores)}
         )
@@ -159,20 +159,8 @@ class ArchitectureRecord:
         return self.trial_id.removeprefix("baseline-") if self.baseline else self.trial_id
 
 
-_RESULT_FIELDS = (
-    "reward",
-    "status",
-    "message",
-    "ap",
-    "ap50",
-    "val_loss",
-    "params",
-    "macs",
-    "latency_ms",
-    "train_seconds",
-    "metrics",
-    "reward_std",
-)
+# The fields a record and a proxy result share (the record keeps the genotype key as `key`).
+_SHARED = {f.name for f in fields(ArchitectureRecord)} & {f.name for f in fields(ProxyResult)}
 
 
 def _identity(value: Any) -> Any:
