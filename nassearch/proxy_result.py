@@ -14,6 +14,26 @@ from typing import Any
 
 from nassearch.status import Status
 
+# Where an architecture's evaluation spends its seconds, in the order they happen. In the trial:
+# `start` (from the searcher's suggestion to the trainable running: Ray scheduling, worker start),
+# `setup` (config, datasets or feature cache opened); per repeat: `build` (detector), `measure`
+# (parameters, MACs, latency), the training loop's `data`, `step` (forward, backward, optimiser),
+# `checkpoint`, `evaluation`, `callback` (epoch reports to Tune), then `reward` (inference, decoding,
+# NMS, COCOeval on the reward split); in the driver: `record` (final report to record written).
+TIMING_PHASES = (
+    "start",
+    "setup",
+    "build",
+    "measure",
+    "data",
+    "step",
+    "checkpoint",
+    "evaluation",
+    "callback",
+    "reward",
+    "record",
+)
+
 
 @dataclass
 class ProxyResult:
@@ -39,6 +59,8 @@ class ProxyResult:
     metrics: dict[str, float] = field(default_factory=dict)
     scores: list[float] = field(default_factory=list)
     reward_std: float = 0.0
+    # Seconds by phase of the whole evaluation (summed over repeats), see `TIMING_PHASES`.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +91,7 @@ class ProxyResult:
         values["scores"] = [_float(s) for s in values.get("scores") or []]
         values["reward_std"] = _float(values.get("reward_std"), default=0.0)
         values["train_seconds"] = _float(values.get("train_seconds"), default=0.0)
+        values["timings"] = {str(k): _float(v) for k, v in (values.get("timings") or {}).items()}
         values["message"] = str(values.get("message") or "")
         values["genotype_key"] = str(values.get("genotype_key") or "")
         return cls(**values)

@@ -53,6 +53,7 @@ class ArchitectureRecord:
     scores: tuple[float, ...] = ()
     reward_std: float | None = None
     metrics: Mapping[str, float | None] = field(default_factory=dict)
+    timings: Mapping[str, float | None] = field(default_factory=dict)  # seconds by phase
     stage: str | None = None  # the progressive search's stage (fpn, head); None otherwise
     rung: int | None = None  # status stopped: the epochs it trained before early stopping cut it
     controller_step: int | None = None  # None for baselines
@@ -98,10 +99,11 @@ class ArchitectureRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The line as written: every field but `stage`/`rung` when unset; unknown keys come back."""
+        """The line as written: every field but `stage`/`rung`/`timings` when unset; unknown keys
+        come back."""
         line: dict[str, Any] = dict(self.extra)
         for f in fields(self):
-            if f.name == "extra" or (f.name in ("stage", "rung") and getattr(self, f.name) is None):
+            if f.name == "extra" or (f.name in _OMITTED_WHEN_UNSET and not _is_set(self, f.name)):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, tuple):
@@ -160,6 +162,14 @@ class ArchitectureRecord:
 
 
 # The fields a record and a proxy result share (the record keeps the genotype key as `key`).
+_OMITTED_WHEN_UNSET = ("stage", "rung", "timings")
+
+
+def _is_set(record: ArchitectureRecord, name: str) -> bool:
+    value = getattr(record, name)
+    return bool(value) if name == "timings" else value is not None
+
+
 _SHARED = {f.name for f in fields(ArchitectureRecord)} & {f.name for f in fields(ProxyResult)}
 
 
@@ -248,6 +258,7 @@ _PARSERS = {
     "scores": _scores,
     "reward_std": _number,
     "metrics": _metrics,
+    "timings": _metrics,
     "stage": _optional_str,
     "rung": _optional_int,
     "controller_step": _optional_int,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,9 @@ class RecordCallback(tune.Callback):
                 f"ended after epoch {result.get('epoch', 0)} without its final report "
                 "(search.time_budget_s ran out, or Tune stopped it)"
             )
+        if isinstance(result.get("reported_at"), float) and not result.get("from_record"):
+            # From the trial's final report to its record: Tune's result path to the driver.
+            proxy_result.timings["record"] = max(0.0, time.time() - result["reported_at"])
         record = ArchitectureRecord.from_result(
             proxy_result,
             TrialSpec.from_config(trial.config),
@@ -432,6 +436,9 @@ def make_tuner(
             max_concurrent_trials=cfg.search.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,
             trial_dirname_creator=trial_dirname,
+            # One worker process serves trial after trial (every trial asks for the same
+            # resources): no process start and no torch import per architecture.
+            reuse_actors=True,
             scheduler=make_scheduler(cfg),
         ),
         run_config=tune.RunConfig(

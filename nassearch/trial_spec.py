@@ -18,6 +18,9 @@ class TrialSpec:
     genotype_key: str
     controller_step: int | None = None  # None for baselines
     candidate_id: int | None = None  # the controller's id, to tell the reward back
+    # Wall-clock time (time.time()) the searcher handed it out: the trial measures from it how
+    # long Ray took to schedule and start it (`timings["start"]`).
+    suggested_at: float | None = None
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)

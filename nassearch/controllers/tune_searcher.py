@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,7 @@ class ControllerSearcher(Searcher):
             genotype_key=cand.key,
             controller_step=cand.step,
             candidate_id=cand.id,
+            suggested_at=time.time(),
         ).to_config()
 
     def _ask_after_releasing_orphans(self) -> list[Candidate]:

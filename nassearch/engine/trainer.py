@@ -56,6 +56,7 @@ from nassearch.errors import NasSearchError, first_line
 from nassearch.status import Status
 
 Evaluator = Callable[[nn.Module, int], dict[str, float]]
+TRAIN_PHASES = ("data", "step", "checkpoint", "evaluation", "callback")
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
@@ -74,6 +75,9 @@ class TrainResult:
     seconds: float = 0.0
     # With `save_best`: {"metric", "value", "epoch"} of the best evaluation (best.pth's).
     best: dict[str, Any] = field(default_factory=dict)
+    # Seconds of this invocation by phase (`TRAIN_PHASES`): waiting for batches, the optimiser
+    # steps (forward, backward, update), checkpoint writes, evaluation and the epoch callback.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- data order
@@ -142,6 +146,7 @@ class _RunState:
     # Training seconds of earlier invocations (a resumed run counts them too).
     seconds_before: float = 0.0
     best: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TRAIN_PHASES, 0.0))
 
     def seconds(self, started: float) -> float:
         """Training seconds so far: earlier invocations' and this one's (since `started`)."""
@@ -308,6 +313,7 @@ class Trainer:
             metrics=dict(state.metrics),
             seconds=state.seconds(started),
             best=dict(state.best),
+            timings=dict(state.timings),
         )
 
     def _train(self, state: _RunState, writer: Any, bar: Any, started: float) -> None:
@@ -325,9 +331,18 @@ class Trainer:
             epoch_steps = 0
             lr = self.current_lr(state.iteration)
             stop = False
-            for images, targets in loader:
+            batches = iter(loader)
+            while True:
+                waited = time.perf_counter()
+                batch = next(batches, None)
+                stepped = time.perf_counter()
+                state.timings["data"] += stepped - waited
+                if batch is None:
+                    break
+                images, targets = batch
                 lr = self.current_lr(state.iteration)
                 losses, stop = self._step(images, targets, state.iteration, epoch)
+                state.timings["step"] += time.perf_counter() - stepped
                 state.iteration += 1
                 state.loss_history.append(losses["loss"])
                 state.last_losses = losses
@@ -447,6 +462,7 @@ class Trainer:
         is_last = state.iteration >= self.total_iters
         interval = self.cfg.eval_interval
         evaluated = False
+        phase_started = time.perf_counter()
         if self.evaluator is not None and (is_last or (interval and epoch % interval == 0)):
             metrics = None
             if self.is_main_process:
@@ -455,9 +471,13 @@ class Trainer:
             evaluated = True
             self._record_metrics(writer, state.metrics, epoch, state.iteration)
             self._keep_best(state, epoch)
+        saving = time.perf_counter()
+        state.timings["evaluation"] += saving - phase_started
         seconds = state.seconds(started)
         keep = is_last or epoch % self.cfg.checkpoint_interval == 0
         self._save(state, epoch, keep, seconds)
+        calling = time.perf_counter()
+        state.timings["checkpoint"] += calling - saving
         if self.on_epoch_end is not None:
             info: dict[str, Any] = {
                 "epoch": epoch,
@@ -469,6 +489,7 @@ class Trainer:
             if evaluated:
                 info.update(state.metrics)
             self.on_epoch_end(epoch, info)
+        state.timings["callback"] += time.perf_counter() - calling
 
     # -- checkpoints
 

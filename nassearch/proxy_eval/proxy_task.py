@@ -11,7 +11,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,30 @@ def apply_cost(reward: float, cost: CostConfig | None, value: float) -> float:
     return reward * factor if reward >= 0 else reward / factor
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """What an architecture costs to run, measured once on its built detector (the whole
+    detector, backbone included, at the proxy's network input size)."""
+
+    params: int
+    macs: int
+    latency_ms: float
+
+    @classmethod
+    def of(cls, result: ProxyResult) -> ModelCost:
+        return cls(result.params, result.macs, result.latency_ms)
+
+
+def measure_cost(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> ModelCost:
+    """Parameters, MACs per image and median latency (model on `device`, `proxy.latency_batch`)."""
+    size = cfg.input.network_size()
+    return ModelCost(
+        params=count_parameters(model)["total"],
+        macs=count_macs(model, size)["total"],
+        latency_ms=measure_latency_ms(model, size, device, batch=cfg.proxy.latency_batch),
+    )
+
+
 def evaluate_candidate(
     genotype: Genotype,
     cfg: ExperimentConfig,
@@ -87,6 +111,7 @@ def evaluate_candidate(
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     resume: bool = False,
     seed: int | None = None,
+    cost: ModelCost | None = None,
 ) -> ProxyResult:
     """Proxy-train and score one architecture; never raises (failures become statuses).
 
@@ -98,21 +123,25 @@ def evaluate_candidate(
     `resume=True` continues from it (an interrupted trial picks up where it stopped).
     `datasets` (default: `proxy_datasets(cfg)`) may be cached features (`proxy_data`): then only
     neck and head run, while parameters, MACs and latency still count the whole detector.
+    `cost`, when given (another seed of the same architecture measured it), is not measured again:
+    the detector's cost does not depend on the seed.
     """
     proxy = cfg.proxy
     seed = cfg.seed if seed is None else seed
     result = ProxyResult(reward=proxy.failure_reward, genotype_key=genotype.key())
     started = time.perf_counter()
+    timings = result.timings
     try:
         device = resolve_device(cfg.device)
         train_set, reward_set = datasets or proxy_datasets(cfg)
         model_cfg = cfg.candidate_model(genotype.space)
         model = build_detector(model_cfg, len(train_set.cat_ids), genotype, seed=seed)
-        size = cfg.input.network_size()
-        result.params = count_parameters(model)["total"]
-        result.macs = count_macs(model, size)["total"]
         model.to(device)
-        result.latency_ms = measure_latency_ms(model, size, device, batch=proxy.latency_batch)
+        measuring = time.perf_counter()
+        timings["build"] = measuring - started
+        cost = cost or measure_cost(model, cfg, device)
+        result.params, result.macs, result.latency_ms = cost.params, cost.macs, cost.latency_ms
+        timings["measure"] = time.perf_counter() - measuring
         if isinstance(train_set, CachedFeatureDataset):
             model = CachedFeatureDetector.from_cache(model, train_set.cache)
         if proxy.cost is not None and proxy.cost.hard_limit:
@@ -142,9 +171,11 @@ def evaluate_candidate(
             keep_epoch_checkpoints=False,
         ).fit(resume=resume)
         result.train_seconds = trained.seconds
+        timings.update(trained.timings)
         if trained.status != Status.OK:
             result.status, result.message = trained.status, trained.message
             return result
+        scoring = time.perf_counter()
         metrics = evaluate_detector(model, reward_set, **kwargs)
         result.metrics = dict(metrics)
         result.ap, result.ap50 = metrics["AP"], metrics["AP50"]
@@ -156,6 +187,7 @@ def evaluate_candidate(
             raw = -result.val_loss
         else:
             raw = result.ap if proxy.reward == "ap" else result.ap50
+        timings["reward"] = time.perf_counter() - scoring
         value = cost_value(proxy.cost, result) if proxy.cost is not None else 0.0
         result.reward = apply_cost(raw, proxy.cost, value)
         result.scores = [result.reward]
@@ -216,6 +248,15 @@ def repeat_seed(cfg: ExperimentConfig, repeat: int) -> int:
     return cfg.seed + repeat
 
 
+def summed_timings(results: list[ProxyResult]) -> dict[str, float]:
+    """Seconds by phase over several evaluations (phases in the order they first appear)."""
+    total: dict[str, float] = {}
+    for result in results:
+        for phase, seconds in result.timings.items():
+            total[phase] = total.get(phase, 0.0) + seconds
+    return total
+
+
 def combine_repeats(results: list[ProxyResult]) -> ProxyResult:
     """One result from R scores of one architecture: the mean reward (and AP, loss), every score,
     their std and the summed training time. One failed repeat makes the whole evaluation fail,
@@ -225,6 +266,7 @@ def combine_repeats(results: list[ProxyResult]) -> ProxyResult:
     if len(results) == 1 or failed is not None:
         out = replace(failed or first)
         out.train_seconds = sum(r.train_seconds for r in results)
+        out.timings = summed_timings(results)
         if failed is not None:
             out.scores = []
         return out
@@ -238,6 +280,7 @@ def combine_repeats(results: list[ProxyResult]) -> ProxyResult:
         ap50=float(np.mean([r.ap50 for r in results])),
         val_loss=float(np.mean([r.val_loss for r in results])),
         train_seconds=sum(r.train_seconds for r in results),
+        timings=summed_timings(results),
         metrics={
             k: float(np.mean([r.metrics.get(k, math.nan) for r in results])) for k in first.metrics
         },
@@ -267,6 +310,7 @@ def evaluate_repeated(
     datasets = datasets or proxy_datasets(cfg)
     while len(done) < cfg.proxy.repeats:
         repeat = len(done)
+        measured = next((r for r in done if r.params), None)
         result = evaluate_candidate(
             genotype,
             cfg,
@@ -275,6 +319,7 @@ def evaluate_repeated(
             on_epoch_end=on_epoch_end,
             resume=resume,
             seed=repeat_seed(cfg, repeat),
+            cost=None if measured is None else ModelCost.of(measured),
         )
         resume = False
         done.append(result)

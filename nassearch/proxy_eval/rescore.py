@@ -201,7 +201,9 @@ def run_score_jobs(
             trainable,
             param_space={"job": tune.grid_search([asdict(j) for j in pending])},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=max_concurrent, trial_dirname_creator=score_dirname
+                max_concurrent_trials=max_concurrent,
+                trial_dirname_creator=score_dirname,
+                reuse_actors=True,  # as in a search: no worker start per job
             ),
             run_config=tune.RunConfig(
                 storage_path=str(storage),

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def proxy_trial(
     import ray
     from ray import tune
 
+    entered = time.time()
     follow_ray_threads()
     context = tune.get_context()
     done = recorded_result(records_path, context.get_trial_id())
@@ -75,9 +77,13 @@ def proxy_trial(
     cfg = validate_config(experiment, "search config", check_space=False)
     # Tune's own TensorBoard logger already receives every report; no second writer per trial.
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
-    genotype = genotype_from_dict(TrialSpec.from_config(config).genotype)
+    spec = TrialSpec.from_config(config)
+    genotype = genotype_from_dict(spec.genotype)
     checkpoints = cfg.proxy.trial_checkpoints
     datasets = proxy_data(cfg, feature_cache, progress=False)
+    timings = {"setup": time.time() - entered}
+    if spec.suggested_at is not None:
+        timings = {"start": max(0.0, entered - spec.suggested_at), **timings}
 
     with tempfile.TemporaryDirectory(prefix="nassearch-trial-") as work_dir:
         done, resume = _restore_checkpoint(tune.get_checkpoint(), Path(work_dir))
@@ -116,7 +122,8 @@ def proxy_trial(
             done=done,
             on_repeat_end=on_repeat_end,
         )
-    tune.report({**result.to_report(), "final": True})
+    result.timings = {**timings, **result.timings}
+    tune.report({**result.to_report(), "final": True, "reported_at": time.time()})
 
 
 def _last_path(work_dir: Path, repeat: int) -> Path:
