@@ -137,6 +137,23 @@ def test_nms_matches_brute_force(thr):
     assert (scores[keep].diff() <= 0).all()
 
 
+@pytest.mark.parametrize("block_size", [7, 64, 512])
+def test_nms_blocks_and_suppression_chains_match_brute_force(block_size):
+    """Many crowded boxes (long chains: a suppresses b, so b cannot suppress c) scanned in
+    blocks of any size keep exactly what textbook greedy NMS keeps."""
+    gen = torch.Generator().manual_seed(block_size)
+    xy = torch.rand(300, 2, generator=gen) * 30
+    boxes = torch.cat([xy, xy + 12 + torch.rand(300, 2, generator=gen) * 6], 1)
+    scores = torch.randint(0, 20, (300,), generator=gen).float() / 20
+    for thr in (0.3, 0.6):
+        got = B._nms_reference(boxes, scores, thr, block_size=block_size)
+        expected = _py_nms(boxes.tolist(), scores.tolist(), thr)
+        assert got.tolist() == expected
+        for k in (1, 5, len(expected) - 1, len(expected) + 3):  # the scan stops early
+            got = B._nms_reference(boxes, scores, thr, block_size=block_size, max_keep=k)
+            assert got.tolist() == expected[:k]
+
+
 @pytest.mark.parametrize("thr", [0.2, 0.5])
 def test_batched_nms_matches_per_class_brute_force(thr):
     gen = torch.Generator().manual_seed(11)

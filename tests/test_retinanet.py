@@ -10,7 +10,14 @@ from torch import nn
 
 from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.boxes import box_iou
-from nassearch.detectors.retinanet import IGNORE, NEGATIVE, RetinaNet, RetinaNetHead, assign_max_iou
+from nassearch.detectors.retinanet import (
+    IGNORE,
+    NEGATIVE,
+    RetinaNet,
+    RetinaNetHead,
+    assign_max_iou,
+    assign_max_iou_batched,
+)
 from nassearch.errors import NasSearchError
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -123,6 +130,36 @@ def test_assignment_matches_brute_force_rule():
         else:
             expected = IGNORE
         assert got[j] == expected, j
+
+
+@pytest.mark.parametrize("low_quality", [True, False])
+def test_batched_assignment_equals_per_image_assignment(low_quality):
+    """Images with different GT counts (none, duplicates that tie, boxes on the grid) assigned
+    at once give exactly the per-image assignments, tie rule included."""
+    gen = torch.Generator().manual_seed(1)
+    anchors = AnchorGenerator(strides=(8, 16)).all_anchors([(8, 8), (4, 4)])
+    images = []
+    for count in (0, 3, 7, 1):
+        xy = torch.rand(count, 2, generator=gen) * 48
+        images.append(torch.cat([xy, xy + 8 + torch.rand(count, 2, generator=gen) * 24], 1))
+    images[2][4] = images[2][1]  # identical boxes: every IoU ties
+    images[3][0] = anchors[40]  # exactly one anchor: IoU 1
+    batched = assign_max_iou_batched(anchors, images, 0.5, 0.4, 0.0, low_quality)
+    for i, gt in enumerate(images):
+        expected = assign_max_iou(anchors, gt, 0.5, 0.4, 0.0, low_quality)
+        assert torch.equal(batched[i], expected), i
+    assert (batched[0] == NEGATIVE).all() and batched[3, 40] == 0
+    assert (batched[2] == 4).sum() == 0  # a tie goes to the first of the identical boxes
+
+
+def test_anchors_are_cached_per_size_and_equal_a_fresh_computation():
+    gen = AnchorGenerator()
+    first = gen.all_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)])
+    assert gen.all_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]) is first
+    fresh = AnchorGenerator().grid_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)])
+    assert torch.equal(first, torch.cat(fresh))
+    other = gen.all_anchors([(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)])
+    assert other.shape[0] == 9 * (16 + 4 + 1 + 1 + 1)
 
 
 # ---------------------------------------------------------------------------------------- loss

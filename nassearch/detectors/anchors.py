@@ -54,6 +54,9 @@ class AnchorGenerator:
         self.scales_per_octave = int(scales_per_octave)
         self.ratios = tuple(float(r) for r in ratios)
         self.center_offset = float(center_offset)
+        # Anchors of the feature-map sizes seen so far: a fixed input size asks for the same
+        # ones at every step. Keyed by (sizes, device, dtype); a handful of sizes at most.
+        self._cache: dict[tuple, tuple[list[Tensor], Tensor]] = {}
 
     @property
     def num_anchors(self) -> int:
@@ -77,7 +80,37 @@ class AnchorGenerator:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> list[Tensor]:
-        """Per level, the [H*W*A, 4] xyxy anchors of a feature map of shape (H, W)."""
+        """Per level, the [H*W*A, 4] xyxy anchors of a feature map of shape (H, W) (cached;
+        the tensors are shared, do not modify them in place)."""
+        return list(self._cached(feature_shapes, device, dtype)[0])
+
+    def all_anchors(
+        self,
+        feature_shapes: Sequence[tuple[int, int]],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """`grid_anchors` of every level concatenated, [N, 4] (cached and shared likewise)."""
+        return self._cached(feature_shapes, device, dtype)[1]
+
+    def _cached(
+        self, feature_shapes: Sequence[tuple[int, int]], device, dtype: torch.dtype
+    ) -> tuple[list[Tensor], Tensor]:
+        key = (
+            tuple((int(h), int(w)) for h, w in feature_shapes),
+            str(torch.device(device or "cpu")),
+            dtype,
+        )
+        if key not in self._cache:
+            if len(self._cache) >= 16:  # multi-scale training: keep the most recent sizes
+                self._cache.pop(next(iter(self._cache)))
+            levels = self._compute(key[0], device, dtype)
+            self._cache[key] = (levels, torch.cat(levels, dim=0))
+        return self._cache[key]
+
+    def _compute(
+        self, feature_shapes: Sequence[tuple[int, int]], device, dtype: torch.dtype
+    ) -> list[Tensor]:
         if len(feature_shapes) != len(self.strides):
             raise NasSearchError(
                 f"anchors: got {len(feature_shapes)} feature maps for {len(self.strides)} strides "

@@ -59,6 +59,11 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _iou(boxes1[:, None, :], boxes2[None, :, :])
 
 
+def box_iou_batched(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Per image b, `box_iou(boxes1[b], boxes2)`: [B, N, M] from boxes1 [B, N, 4], boxes2 [M, 4]."""
+    return _iou(boxes1[:, :, None, :], boxes2[None, None, :, :])
+
+
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise generalized IoU matrix [N,M] (in [-1, 1])."""
     return _giou(boxes1[:, None, :], boxes2[None, :, :])
@@ -179,20 +184,30 @@ def _overlaps_above(boxes: Tensor, areas: Tensor, rows: Tensor, cols: Tensor, th
 
 
 def _nms_reference(
-    boxes: Tensor, scores: Tensor, iou_threshold: float, block_size: int = 512
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    block_size: int = 512,
+    max_keep: int | None = None,
 ) -> Tensor:
     """Greedy NMS in plain PyTorch (+ NumPy for the sequential scan); ties keep the lower index.
 
     Boxes are visited by decreasing score in blocks: the overlaps of a block's still-alive boxes with
-    all later alive boxes are computed at once, then scanned in order. Memory is O(block * N).
+    all later alive boxes are computed at once, then resolved in order. Memory is O(block * N).
+    With `max_keep` the scan stops once that many boxes are kept: greedy NMS's first k kept
+    boxes never depend on lower-scored ones, so this equals keeping all and taking the first k.
     """
     order = torch.sort(scores, descending=True, stable=True).indices
     boxes = boxes[order]
     areas = box_area(boxes)
     n = boxes.shape[0]
+    if max_keep is not None:  # smaller blocks stop sooner; a few more of them cost little
+        block_size = min(block_size, max(64, 2 * max_keep))
     alive = np.ones(n, dtype=bool)  # not suppressed by a kept box (yet)
     keep = []
     for start in range(0, n, block_size):
+        if max_keep is not None and len(keep) >= max_keep:
+            break
         rows = np.flatnonzero(alive[start : start + block_size]) + start
         if rows.size == 0:
             continue
@@ -200,18 +215,38 @@ def _nms_reference(
         to_dev = functools.partial(torch.as_tensor, dtype=torch.long, device=boxes.device)
         over = _overlaps_above(boxes, areas, to_dev(rows), to_dev(cols), iou_threshold)
         over = over.cpu().numpy()
-        for k, i in enumerate(rows):
-            if alive[i]:
-                keep.append(i)
-                alive[cols[over[k]]] = False
-    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+        kept = _greedy_within_block(over[:, np.searchsorted(cols, rows)])
+        keep.extend(rows[kept].tolist())
+        alive[cols[over[kept].any(axis=0)]] = False
+    return order[torch.as_tensor(keep[:max_keep], dtype=torch.long, device=order.device)]
+
+
+def _greedy_within_block(over: np.ndarray) -> np.ndarray:
+    """Which of R score-ordered boxes greedy NMS keeps, given their [R, R] overlaps.
+
+    Box i is kept iff no kept box j < i overlaps it. That recurrence has one solution; iterating
+    it from "all kept" fixes at least one more leading box per pass, and a pass that changes
+    nothing has reached it. So a few vectorised passes replace the scan box by box."""
+    earlier = np.triu(over, k=1)  # earlier[j, i]: j comes before i and overlaps it
+    kept = np.ones(over.shape[0], dtype=bool)
+    while True:
+        now = ~(earlier & kept[:, None]).any(axis=0)
+        if np.array_equal(now, kept):
+            return kept
+        kept = now
 
 
 def nms(
-    boxes: Tensor, scores: Tensor, iou_threshold: float, *, use_torchvision: bool | None = None
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    *,
+    max_keep: int | None = None,
+    use_torchvision: bool | None = None,
 ) -> Tensor:
     """Greedy NMS: indices of kept boxes by decreasing score; a box is dropped if IoU > threshold
-    with a higher-scored kept box. `use_torchvision=None` uses torchvision's kernel when available."""
+    with a higher-scored kept box. `max_keep`: only the first that many (the same as slicing the
+    full result, found sooner). `use_torchvision=None` uses torchvision's kernel when available."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     boxes, scores = boxes.float(), scores.float()
@@ -219,8 +254,8 @@ def nms(
     if use_torchvision and ops is None:
         raise RuntimeError("nms: use_torchvision=True but torchvision.ops is not importable")
     if ops is not None:
-        return ops.nms(boxes, scores, float(iou_threshold))
-    return _nms_reference(boxes, scores, float(iou_threshold))
+        return ops.nms(boxes, scores, float(iou_threshold))[:max_keep]
+    return _nms_reference(boxes, scores, float(iou_threshold), max_keep=max_keep)
 
 
 def batched_nms(
@@ -229,9 +264,11 @@ def batched_nms(
     labels: Tensor,
     iou_threshold: float,
     *,
+    max_keep: int | None = None,
     use_torchvision: bool | None = None,
 ) -> Tensor:
-    """Class-aware NMS: boxes of different labels never suppress each other."""
+    """Class-aware NMS: boxes of different labels never suppress each other (`max_keep` as in
+    `nms`)."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     boxes = boxes.float()
@@ -239,4 +276,10 @@ def batched_nms(
     # The span (max - min + 1) keeps ranges disjoint even for negative coordinates.
     span = boxes.max() - boxes.min() + 1
     offsets = labels.to(boxes) * span
-    return nms(boxes + offsets[:, None], scores, iou_threshold, use_torchvision=use_torchvision)
+    return nms(
+        boxes + offsets[:, None],
+        scores,
+        iou_threshold,
+        max_keep=max_keep,
+        use_torchvision=use_torchvision,
+    )

@@ -416,6 +416,8 @@ class FCOS(DenseDetector):
             labels = torch.cat(labels_all).to(torch.int64)
             size = targets[i].get("img_size", image_shape) if targets is not None else image_shape
             boxes = clip_boxes(boxes, (int(size[0]), int(size[1])))
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            keep = batched_nms(
+                boxes, scores, labels, self.nms_thresh, max_keep=self.detections_per_img
+            )
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

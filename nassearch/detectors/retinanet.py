@@ -15,7 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from nassearch.detectors.anchors import AnchorGenerator
-from nassearch.detectors.boxes import DeltaXYWHCoder, batched_nms, box_iou, clip_boxes
+from nassearch.detectors.boxes import (
+    DeltaXYWHCoder,
+    batched_nms,
+    box_iou,
+    box_iou_batched,
+    clip_boxes,
+)
 from nassearch.detectors.dense import PYRAMID_STRIDES, DenseDetector, loss_and_inference_settings
 from nassearch.detectors.losses import giou_loss, l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from nassearch.detectors.ops.norm import norm_layer
@@ -170,8 +176,46 @@ def assign_max_iou(
         eligible = (gt_best >= min_pos_iou) & (gt_best > 0)
         is_best = (iou == gt_best) & eligible  # [M, N]
         # An anchor that is the best for several GT boxes takes the one it overlaps most.
-        best_gt = torch.where(is_best, iou, torch.full_like(iou, -1)).argmax(dim=0)
+        # max(...).indices: argmax's first-index tie rule, much faster along the short dim 0.
+        best_gt = torch.where(is_best, iou, torch.full_like(iou, -1)).max(dim=0).indices
         low_quality = is_best.any(dim=0)
+        assigned[low_quality] = best_gt[low_quality]
+    return assigned
+
+
+def assign_max_iou_batched(
+    anchors: Tensor,
+    gt_boxes: Sequence[Tensor],
+    pos_iou_thr: float = 0.5,
+    neg_iou_thr: float = 0.4,
+    min_pos_iou: float = 0.0,
+    allow_low_quality_matches: bool = True,
+) -> Tensor:
+    """`assign_max_iou` for a batch of images at once: [B, N], equal to stacking the per-image
+    assignments. Ground-truth lists are padded with IoU -1, which no maximum and no low-quality
+    match can pick (both keep the first index on ties, as the per-image version does)."""
+    batch, num_anchors = len(gt_boxes), anchors.shape[0]
+    most = max((int(g.shape[0]) for g in gt_boxes), default=0)
+    if most == 0:
+        return torch.full((batch, num_anchors), NEGATIVE, dtype=torch.long, device=anchors.device)
+    padded = anchors.new_zeros(batch, most, 4)
+    real = torch.zeros(batch, most, dtype=torch.bool, device=anchors.device)
+    for i, g in enumerate(gt_boxes):
+        padded[i, : g.shape[0]] = g.float()
+        real[i, : g.shape[0]] = True
+    iou = box_iou_batched(padded, anchors.float())  # [B, M, N]
+    iou = torch.where(real[:, :, None], iou, iou.new_tensor(-1.0))
+    max_iou, matched = iou.max(dim=1)
+    assigned = torch.full_like(matched, IGNORE)
+    assigned[max_iou < neg_iou_thr] = NEGATIVE
+    positive = max_iou >= pos_iou_thr
+    assigned[positive] = matched[positive]
+    if allow_low_quality_matches:
+        gt_best = iou.max(dim=2, keepdim=True).values  # [B, M, 1]
+        eligible = (gt_best >= min_pos_iou) & (gt_best > 0)
+        is_best = (iou == gt_best) & eligible
+        best_gt = torch.where(is_best, iou, iou.new_tensor(-1.0)).max(dim=1).indices
+        low_quality = is_best.any(dim=1)
         assigned[low_quality] = best_gt[low_quality]
     return assigned
 
@@ -282,8 +326,8 @@ class RetinaNet(DenseDetector):
     def anchors(self, outputs: tuple[list[Tensor], list[Tensor]]) -> Tensor:
         """All anchors [N, 4] (float32) for the feature-map sizes of `outputs`, levels concatenated."""
         cls_out = outputs[0]
-        shapes = [tuple(x.shape[-2:]) for x in cls_out]
-        return torch.cat(self.anchor_generator.grid_anchors(shapes, cls_out[0].device), dim=0)
+        shapes = tuple(tuple(x.shape[-2:]) for x in cls_out)
+        return self.anchor_generator.all_anchors(shapes, cls_out[0].device)
 
     # --------------------------------------------------------------------------------- loss
 
@@ -301,39 +345,39 @@ class RetinaNet(DenseDetector):
             raise NasSearchError(
                 f"retinanet: got {len(targets)} targets for a batch of {cls_logits.shape[0]} images"
             )
-        assigned = torch.stack(
-            [
-                assign_max_iou(
-                    anchors,
-                    t["boxes"].to(anchors.device),
-                    self.pos_iou_thr,
-                    self.neg_iou_thr,
-                    self.min_pos_iou,
-                    self.allow_low_quality_matches,
-                )
-                for t in targets
-            ]
+        boxes = [t["boxes"].to(anchors.device).float() for t in targets]
+        assigned = assign_max_iou_batched(
+            anchors,
+            boxes,
+            self.pos_iou_thr,
+            self.neg_iou_thr,
+            self.min_pos_iou,
+            self.allow_low_quality_matches,
         )  # [B, N]
         positive = assigned >= 0
         num_pos = self.global_count(positive.sum()).clamp(min=1.0)
 
+        # Positives in (image, anchor) order; their boxes and labels from the padded GT lists.
+        image_idx, anchor_idx = positive.nonzero(as_tuple=True)
+        matched = assigned[image_idx, anchor_idx]
+        most = max(int(b.shape[0]) for b in boxes)
+        gt_padded = anchors.new_zeros(len(targets), max(most, 1), 4)
+        labels_padded = torch.zeros(
+            len(targets), max(most, 1), dtype=torch.long, device=anchors.device
+        )
+        for i, (b, t) in enumerate(zip(boxes, targets, strict=True)):
+            gt_padded[i, : b.shape[0]] = b
+            labels_padded[i, : b.shape[0]] = t["labels"].to(anchors.device)
         cls_targets = torch.zeros_like(cls_logits)
-        gt_boxes, pos_anchors = [], []
-        for i, t in enumerate(targets):
-            pos_i = positive[i]
-            matched = assigned[i, pos_i]
-            labels = t["labels"].to(anchors.device)[matched]
-            cls_targets[i, pos_i.nonzero(as_tuple=True)[0], labels] = 1.0
-            gt_boxes.append(t["boxes"].to(anchors.device).float()[matched])
-            pos_anchors.append(anchors[pos_i])
+        cls_targets[image_idx, anchor_idx, labels_padded[image_idx, matched]] = 1.0
         valid = assigned != IGNORE
         loss_cls = sigmoid_focal_loss(
             cls_logits[valid], cls_targets[valid], self.focal_alpha, self.focal_gamma, "sum"
         )
 
-        gt_boxes_t = torch.cat(gt_boxes)
-        pos_anchors_t = torch.cat(pos_anchors)
-        pos_deltas = box_deltas[positive]  # same (image, anchor) order as the loop above
+        gt_boxes_t = gt_padded[image_idx, matched]
+        pos_anchors_t = anchors[anchor_idx]
+        pos_deltas = box_deltas[positive]  # the same (image, anchor) order
         if self.box_loss == "giou":
             pred = self.box_coder.decode(pos_deltas, pos_anchors_t)
             loss_box = giou_loss(pred, gt_boxes_t, reduction="sum")
@@ -376,8 +420,9 @@ class RetinaNet(DenseDetector):
                 labels.append(lab)
             boxes_t = clip_boxes(torch.cat(boxes), size)
             scores_t, labels_t = torch.cat(scores), torch.cat(labels)
-            keep = batched_nms(boxes_t, scores_t, labels_t, self.nms_thresh)
-            keep = keep[: self.detections_per_img]
+            keep = batched_nms(
+                boxes_t, scores_t, labels_t, self.nms_thresh, max_keep=self.detections_per_img
+            )
             results.append(
                 {"boxes": boxes_t[keep], "scores": scores_t[keep], "labels": labels_t[keep]}
             )
