@@ -386,6 +386,9 @@ class CachedFeatureDataset(Dataset):
     (collate_detection + ``model(images, targets)``) can train a `CachedFeatureDetector`.
     `source`, the dataset the cache was built from, lends its COCO ground truth (`coco`,
     `cat_ids`, `image_ids`) so COCO evaluation works on cached features too.
+    `preload=True` reads every sample once, up front (the same tensors, kept in memory): a
+    proxy training that visits each sample many times then skips the per-step reads, dtype
+    conversions, packing and target parsing.
     """
 
     def __init__(
@@ -395,10 +398,12 @@ class CachedFeatureDataset(Dataset):
         packed: bool = False,
         dtype: torch.dtype = torch.float32,
         source: Any = None,
+        preload: bool = False,
     ) -> None:
         self.cache = cache
         self.packed = packed
         self.dtype = dtype
+        self._samples = [self._read(i) for i in range(len(cache))] if preload else None
         if source is not None:
             if [int(i) for i in source.image_ids] != cache.image_ids:
                 raise NasSearchError(
@@ -411,8 +416,23 @@ class CachedFeatureDataset(Dataset):
         return len(self.cache)
 
     def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
+        if self._samples is None:
+            return self._read(i)
+        features, target = self._samples[i]
+        return features, dict(target)  # callers may add keys; the stored target stays as read
+
+    def _read(self, i: int) -> tuple[Any, dict[str, Any]]:
         feats = self.cache.features(i, dtype=self.dtype)
         return (pack_features(feats) if self.packed else feats), self.cache.target(i)
+
+    @property
+    def preloaded(self) -> bool:
+        return self._samples is not None
+
+    def nbytes(self) -> int:
+        """Bytes the samples' features take in `dtype` (what `preload` keeps in memory)."""
+        per_image = sum(c * h * w for c, h, w in self.cache.feature_shapes)
+        return len(self) * per_image * torch.empty((), dtype=self.dtype).element_size()
 
 
 def collate_cached_features(
