@@ -325,6 +325,8 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)
     # bf16 autocast: "auto" enables it on CUDA only; never on CPU.
     amp: Literal["auto", "off", "bf16"] = "auto"
+    # channels_last memory format: "auto" on CUDA only; "on" on CPU too (faster for large
+    # convolutions, but not bit-identical to contiguous runs); "off" never.
     channels_last: Literal["auto", "off", "on"] = "auto"
     # Distributed runs on CUDA: BatchNorm layers in training mode (NAS-FPN cells, BN heads) compute
     # their statistics over the global batch (torch's SyncBatchNorm does not run on CPU).

@@ -40,8 +40,15 @@ def use_bf16(device: torch.device, amp: str = "auto") -> bool:
 
 
 def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
-    """channels_last memory format helps convolutions on CUDA; on CPU it is left off."""
-    return device.type == "cuda" and setting in ("auto", "on")
+    """channels_last memory format: `auto` uses it on CUDA only, `on` everywhere, `off` never.
+
+    On CPU it speeds up large convolutions too (oneDNN skips its layout reorders: RetinaNet R-50
+    NAS-FPN 7x256 trains 16% faster at 256 px, scripts/bench_detector.py), but it changes the
+    floating-point summation order, so `auto` leaves CPU runs, whose proxy rewards are pinned,
+    bit for bit as they were."""
+    if setting == "on":
+        return True
+    return device.type == "cuda" and setting == "auto"
 
 
 def follow_ray_threads() -> None:

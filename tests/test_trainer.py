@@ -675,3 +675,48 @@ def test_time_limit_stops_with_status_timeout(tmp_path):
     assert "time limit" in result.message
     # The limit is checked after each step: exactly one step ran.
     assert result.iterations == 1 and len(result.loss_history) == 1
+
+
+def test_channels_last_on_trains_on_cpu_and_auto_leaves_cpu_contiguous(tmp_path):
+    """`channels_last: on` applies on CPU (a 4-D weight is channels_last after set-up) and
+    computes the contiguous run's loss; `auto` keeps CPU contiguous."""
+    from nassearch.device import use_channels_last
+
+    assert not use_channels_last(CPU, "auto") and use_channels_last(CPU, "on")
+    assert not use_channels_last(CPU, "off")
+    plain = make_trainer(tmp_path / "a", make_cfg(channels_last="auto"))
+    fast = make_trainer(tmp_path / "b", make_cfg(channels_last="on"))
+    conv = next(p for p in fast.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.shape[1] > 1
+    assert not plain.channels_last and fast.channels_last
+    torch.manual_seed(5)  # the same dropout draws for both
+    a = plain.fit()
+    torch.manual_seed(5)
+    b = fast.fit()
+    assert a.status == b.status == "ok"
+    # The first loss comes before any update: equal up to summation order. Later ones drift
+    # apart as 16 SGD steps amplify that difference, which is why `auto` stays contiguous on CPU.
+    assert b.loss_history[0] == pytest.approx(a.loss_history[0], rel=1e-5)
+    assert all(math.isfinite(v) for v in b.loss_history)
+
+
+def test_fit_reports_seconds_by_phase(tmp_path):
+    """The phases of a fit (data, step, checkpoint, evaluation, callback) are timed and, with the
+    evaluator and callback below, each one took measurable time within the whole fit."""
+    import time as _time
+
+    def slow_callback(epoch, info):
+        _time.sleep(0.01)
+
+    def slow_evaluator(model, epoch):
+        _time.sleep(0.01)
+        return {"AP": 0.0}
+
+    cfg = make_cfg(eval_interval=1)
+    result = make_trainer(tmp_path, cfg, on_epoch_end=slow_callback, evaluator=slow_evaluator).fit()
+    from nassearch.engine.trainer import TRAIN_PHASES
+
+    assert list(result.timings) == list(TRAIN_PHASES)
+    assert all(v > 0 for v in result.timings.values()), result.timings
+    assert result.timings["callback"] >= 0.04 and result.timings["evaluation"] >= 0.04
+    assert sum(result.timings.values()) <= result.seconds
