@@ -382,6 +382,10 @@ class ProxyConfig(Strict):
     # Each search trial reports its trainer state (last.pth) as a Tune checkpoint every epoch, so
     # an interrupted search resumes unfinished trials mid-way; off saves disk for big models.
     trial_checkpoints: bool = True
+    # At most one trial checkpoint per this many seconds of training (0: every epoch). Short
+    # proxy epochs make per-epoch checkpoints a fixed cost that buys little: a resume then loses
+    # at most this much training. Rewards do not depend on it (resumes are exact).
+    checkpoint_every_s: float = Field(0.0, ge=0)
     # Train trials on backbone features computed once per experiment (NAS-FCOS's proxy): `auto`
     # does so whenever the backbone is frozen (frozen_stages 4 with norm_eval); no augmentation.
     feature_cache: bool | Literal["auto"] = "auto"

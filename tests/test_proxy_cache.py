@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from search_configs import search_config, write
 
 from nassearch.cli import main
@@ -53,6 +54,23 @@ def test_cached_trial_matches_live_frozen_trial(tmp_path):
 
     train, reward = proxy_data(cfg, tmp_path / "features", progress=False)
     assert isinstance(train, CachedFeatureDataset) and isinstance(reward, CachedFeatureDataset)
+    # A trial opens the driver's cache without building a backbone to fingerprint it: the same
+    # samples (preloaded: the quickstart-sized split fits the limit).
+    from nassearch.proxy_eval import proxy_data as proxy_data_module
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("a checked cache must not build the backbone")
+
+    real = proxy_data_module.backbone_from_config
+    proxy_data_module.backbone_from_config = no_backbone
+    try:
+        opened = proxy_data(cfg, tmp_path / "features", progress=False, checked=True)
+    finally:
+        proxy_data_module.backbone_from_config = real
+    for fresh, first in zip(opened, (train, reward), strict=True):
+        assert fresh.preloaded and len(fresh) == len(first)
+        assert torch.equal(fresh[1][0], first[1][0]) and fresh[1][1].keys() == first[1][1].keys()
+        assert fresh.image_ids == first.image_ids
     cached = evaluate_candidate(
         genotype, cfg, datasets=(train, reward), on_epoch_end=recorder("cached")
     )

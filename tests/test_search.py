@@ -38,6 +38,18 @@ def test_run_records_baseline_and_architectures(ray_session, tmp_path, capsys, m
     assert all(r.genotype["space"] == "nasfpn" and len(r.key) == 16 for r in records)
     assert sorted(r.controller_step for r in searched) == [0, 0, 1]  # batches of 2
     assert all(r.reward == r.ap for r in records)
+    # Every searched record carries its phases (profile_trial reads them): the Ray start and
+    # the driver's record are measured around the trial, the rest inside it; they add up to
+    # no more than the whole.
+    from nassearch.proxy_result import TIMING_PHASES
+
+    for r in searched:
+        assert set(r.timings) == set(TIMING_PHASES), r.timings
+        assert all(v >= 0 for v in r.timings.values())
+        assert r.timings["step"] > 0 and r.timings["reward"] > 0
+        inside = ("data", "step", "checkpoint", "evaluation", "callback")
+        assert sum(r.timings[k] for k in inside) <= r.train_seconds + 1e-6
+    assert set(baselines[0].timings) >= {"build", "measure", "step", "reward"}
     # One concise line per architecture, then the table with the baseline row.
     assert out.count("[baseline FPN] ok") == 1 and out.count("/3] ok") == 3
     assert "\nFPN " in out and "3 searched architectures evaluated" in out

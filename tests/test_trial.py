@@ -113,3 +113,33 @@ def test_a_trial_parses_its_genotype_once(tmp_path, monkeypatch):
     # One parse of the genotype and one space object (the one that parses it): the driver
     # validated search.space_options already, and the builders need no space.
     assert counts == {"spaces": 1, "parses": 1}
+
+
+@pytest.mark.parametrize(
+    ("every_s", "expected"), [(0.0, [True, True, True]), (3600.0, [False] * 3)]
+)
+def test_trial_checkpoints_follow_checkpoint_every_s(tmp_path, monkeypatch, every_s, expected):
+    """Every epoch reports a checkpoint at the default (0 s); with a spacing longer than the
+    training, no epoch does, while every epoch is still reported and the reward is the same."""
+    from types import SimpleNamespace
+
+    raw = search_config(tmp_path)
+    raw["train"].update(epochs=3, max_iters=None)
+    raw["proxy"]["checkpoint_every_s"] = every_s
+    experiment = validate_config(raw)
+    genotype = get_space("nasfpn", num_cells=5).sample(np.random.default_rng(0))
+    reports = []
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t0"))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(
+        tune, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint))
+    )
+    proxy_trial(
+        {"genotype": genotype.to_dict(), "genotype_key": genotype.key()},
+        json.loads(experiment.model_dump_json()),
+    )
+    epochs = [(m, c) for m, c in reports if not m["final"]]
+    assert [m["epoch"] for m, _ in epochs] == [1, 2, 3]
+    assert [c is not None for _, c in epochs] == expected
+    final = reports[-1][0]
+    assert final["status"] == "ok" and set(final["timings"]) >= {"setup", "step", "reward"}

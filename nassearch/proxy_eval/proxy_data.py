@@ -19,7 +19,12 @@ from nassearch.data.coco import CocoDetection
 from nassearch.detectors.build import backbone_from_config, backbone_indices
 from nassearch.device import resolve_device
 from nassearch.errors import NasSearchError
-from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, build_feature_cache
+from nassearch.proxy_eval.feature_cache import (
+    INDEX_FILE,
+    CachedFeatureDataset,
+    FeatureCache,
+    build_feature_cache,
+)
 
 CACHE_SPLITS = ("train", "reward")
 # A cached split up to this size (features as float32) is read into memory when a trial opens
@@ -72,16 +77,23 @@ def proxy_data(
     cache_dir: str | Path | None = None,
     *,
     progress: bool | None = None,
+    checked: bool = False,
 ) -> tuple[Any, Any]:
     """(train, reward) datasets for `evaluate_candidate`: live images, or cached features.
 
     With `cache_dir` and a cached proxy (`uses_feature_cache`), the features of both splits are
     built under `cache_dir/{train,reward}` the first time and reused afterwards (checked by
-    fingerprint; nothing is recomputed). Cached training sees no augmentation.
+    fingerprint; nothing is recomputed). Cached training sees no augmentation. `checked=True`
+    (a search trial: the driver built or fingerprint-checked this cache for this config) opens
+    complete caches as they are, without building the backbone to fingerprint it again.
     """
     if cache_dir is None or not uses_feature_cache(cfg):
         return proxy_datasets(cfg)
     train, reward = proxy_datasets(cfg, augment=False)
+    folders = [Path(cache_dir) / name for name in CACHE_SPLITS]
+    if checked and all((f / INDEX_FILE).is_file() for f in folders):
+        caches = [FeatureCache.open(f) for f in folders]
+        return _cached_split(caches[0], train), _cached_split(caches[1], reward)
     levels = backbone_indices(cfg.search.space)
     # Seeded like `build_detector(seed=cfg.seed)`, which builds the backbone first: the cached
     # features are those of every trial's own (frozen) backbone, and trials agree on the fingerprint.
@@ -103,8 +115,14 @@ def proxy_data(
             dtype=cfg.proxy.feature_cache_dtype,
             progress=progress,
         )
-        split = CachedFeatureDataset(cache, packed=True, source=dataset)
-        if split.nbytes() <= PRELOAD_LIMIT_BYTES:
-            split = CachedFeatureDataset(cache, packed=True, source=dataset, preload=True)
-        cached.append(split)
+        cached.append(_cached_split(cache, dataset))
     return cached[0], cached[1]
+
+
+def _cached_split(cache: FeatureCache, source: CocoDetection) -> CachedFeatureDataset:
+    """A cached split as a trainer reads it: packed, with the source's ground truth, preloaded
+    when it fits `PRELOAD_LIMIT_BYTES`."""
+    split = CachedFeatureDataset(cache, packed=True, source=source)
+    if split.nbytes() <= PRELOAD_LIMIT_BYTES:
+        split = CachedFeatureDataset(cache, packed=True, source=source, preload=True)
+    return split

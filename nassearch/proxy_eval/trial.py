@@ -3,8 +3,9 @@
 The searcher (`ControllerSearcher`) puts the genotype into the trial's config; the experiment
 config travels once through Ray's object store (`tune.with_parameters`). Every epoch is reported
 with `tune.report` (reward NaN until the end, so Tune's metric check is satisfied and a crash
-mid-trial reads as a failure) together with a `tune.Checkpoint` of the trainer state, then the
-final `ProxyResult` with the reward.
+mid-trial reads as a failure) together with a `tune.Checkpoint` of the trainer state (at most one
+per `proxy.checkpoint_every_s` seconds), then the final `ProxyResult` with the reward and the
+seconds of each phase (`ProxyResult.timings`).
 
 Resuming (`nassearch run --resume` restores the Tuner): a trial the driver already recorded in
 `architectures.jsonl` re-reports that record without training, and an unfinished trial continues
@@ -80,13 +81,14 @@ def proxy_trial(
     spec = TrialSpec.from_config(config)
     genotype = genotype_from_dict(spec.genotype)
     checkpoints = cfg.proxy.trial_checkpoints
-    datasets = proxy_data(cfg, feature_cache, progress=False)
+    datasets = proxy_data(cfg, feature_cache, progress=False, checked=True)
     timings = {"setup": time.time() - entered}
     if spec.suggested_at is not None:
         timings = {"start": max(0.0, entered - spec.suggested_at), **timings}
 
     with tempfile.TemporaryDirectory(prefix="nassearch-trial-") as work_dir:
         done, resume = _restore_checkpoint(tune.get_checkpoint(), Path(work_dir))
+        last_checkpoint = [time.perf_counter()]  # when the last trial checkpoint was reported
 
         def on_epoch_end(epoch: int, info: dict[str, Any]) -> None:
             metrics = {
@@ -101,9 +103,11 @@ def proxy_trial(
                 **{k: v for k, v in info.items() if k.startswith("epoch_")},  # rung metric
             }
             last = _last_path(Path(work_dir), len(done))
-            if not (checkpoints and last.is_file()):
+            due = time.perf_counter() - last_checkpoint[0] >= cfg.proxy.checkpoint_every_s
+            if not (checkpoints and due and last.is_file()):
                 tune.report(metrics)
                 return
+            last_checkpoint[0] = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="nassearch-ckpt-") as out:
                 shutil.copy2(last, Path(out) / CHECKPOINT_FILE)
                 _write_repeats(Path(out), done)
