@@ -18,7 +18,6 @@ from nassearch.detectors.anchors import AnchorGenerator
 from nassearch.detectors.boxes import (
     DeltaXYWHCoder,
     batched_nms,
-    box_iou,
     box_iou_batched,
     clip_boxes,
 )
@@ -162,25 +161,9 @@ def assign_max_iou(
     Low-quality matches: every GT box's best anchors (ties included) become positive when that
     best IoU is >= min_pos_iou and > 0, so that no GT box is left without a positive anchor.
     """
-    num_anchors = anchors.shape[0]
-    if gt_boxes.shape[0] == 0:
-        return torch.full((num_anchors,), NEGATIVE, dtype=torch.long, device=anchors.device)
-    iou = box_iou(gt_boxes.float(), anchors.float())  # [M, N]
-    max_iou, matched = iou.max(dim=0)
-    assigned = torch.full_like(matched, IGNORE)
-    assigned[max_iou < neg_iou_thr] = NEGATIVE
-    positive = max_iou >= pos_iou_thr
-    assigned[positive] = matched[positive]
-    if allow_low_quality_matches:
-        gt_best = iou.max(dim=1, keepdim=True).values  # [M, 1]
-        eligible = (gt_best >= min_pos_iou) & (gt_best > 0)
-        is_best = (iou == gt_best) & eligible  # [M, N]
-        # An anchor that is the best for several GT boxes takes the one it overlaps most.
-        # max(...).indices: argmax's first-index tie rule, much faster along the short dim 0.
-        best_gt = torch.where(is_best, iou, torch.full_like(iou, -1)).max(dim=0).indices
-        low_quality = is_best.any(dim=0)
-        assigned[low_quality] = best_gt[low_quality]
-    return assigned
+    return assign_max_iou_batched(
+        anchors, [gt_boxes], pos_iou_thr, neg_iou_thr, min_pos_iou, allow_low_quality_matches
+    )[0]
 
 
 def assign_max_iou_batched(
@@ -191,9 +174,10 @@ def assign_max_iou_batched(
     min_pos_iou: float = 0.0,
     allow_low_quality_matches: bool = True,
 ) -> Tensor:
-    """`assign_max_iou` for a batch of images at once: [B, N], equal to stacking the per-image
-    assignments. Ground-truth lists are padded with IoU -1, which no maximum and no low-quality
-    match can pick (both keep the first index on ties, as the per-image version does)."""
+    """`assign_max_iou` for a batch of images at once: [B, N], each row what that image alone
+    would get. Ground-truth lists are padded with IoU -1, which no maximum and no low-quality
+    match can pick; ties keep the first index (an anchor that is the best for several GT boxes
+    takes the one it overlaps most, the first of equals)."""
     batch, num_anchors = len(gt_boxes), anchors.shape[0]
     most = max((int(g.shape[0]) for g in gt_boxes), default=0)
     if most == 0:
