@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,10 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def test_suggest_maps_trials_to_candidates_and_tells_rewards():
     ctrl = scripted([A, B])
     searcher = ControllerSearcher(ctrl)
+    before = time.time()
     cfg_a, cfg_b = searcher.suggest("ta"), searcher.suggest("tb")
+    # When it was handed out (the trial measures its Ray start from it).
+    assert before <= cfg_a.pop("suggested_at") <= cfg_b.pop("suggested_at") <= time.time()
     assert cfg_a == {
         "genotype": {"space": "tiny", "actions": A},
         "genotype_key": TinyGenotype(tuple(A)).key(),
@@ -299,7 +303,10 @@ def test_save_restore_continues_the_search_exactly(tmp_path):
         assert s.suggest("t6") is None  # batch 2 (candidates 3, 4, 5) is full
         s.on_trial_complete("t5", {"reward": 0.5})
     for i in range(6, 10):
-        assert first.suggest(f"t{i}") == second.suggest(f"t{i}")
+        mine, theirs = first.suggest(f"t{i}"), second.suggest(f"t{i}")
+        if mine is not None and theirs is not None:  # the hand-out times differ, nothing else
+            assert mine.pop("suggested_at") <= theirs.pop("suggested_at")
+        assert mine == theirs
     assert second.controller.observed == first.controller.observed
     assert second.controller.observed[3:6] == [(4, 0.9), (3, -1.0), (5, 0.5)]
     assert second.controller.step == first.controller.step >= 2
