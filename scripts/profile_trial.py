@@ -42,7 +42,11 @@ from nassearch.detectors.build import build_detector
 from nassearch.device import resolve_device
 from nassearch.engine.evaluate import coco_evaluate, predict
 from nassearch.engine.optim import build_optimizer
-from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, CachedFeatureDetector
+from nassearch.proxy_eval.feature_cache import (
+    CachedFeatureDataset,
+    CachedFeatureDetector,
+    unpack_features,
+)
 from nassearch.proxy_eval.proxy_data import proxy_data
 from nassearch.proxy_result import TIMING_PHASES
 from nassearch.records import read_records
@@ -135,7 +139,7 @@ def profile_step(cfg: ExperimentConfig, seed: int, steps: int, warmup: int) -> d
 
         def features():
             if cached:
-                return model._levels(images)  # the cache's unpacking is part of the step
+                return unpack_features(images, model.feature_shapes)  # part of the step
             with torch.no_grad():  # a frozen or trained backbone runs here too
                 return detector.backbone(images)
 
@@ -194,7 +198,9 @@ def profile_step(cfg: ExperimentConfig, seed: int, steps: int, warmup: int) -> d
                     ]
                 )
                 if cached:
-                    detector.head_outputs(model._levels(chunk[0].to(device)))
+                    detector.head_outputs(
+                        unpack_features(chunk[0].to(device), model.feature_shapes)
+                    )
                 else:
                     detector.head_outputs(detector.backbone(chunk[0].to(device)))
         parts["reward_inference_s"] = time.perf_counter() - t0

@@ -163,6 +163,11 @@ class FeatureCache:
     def image_ids(self) -> list[int]:
         return [int(i) for i in self.index["image_ids"]]
 
+    def nbytes(self, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes every image's features take in `dtype` (what a preloaded dataset keeps)."""
+        per_image = sum(c * h * w for c, h, w in self.feature_shapes)
+        return len(self) * per_image * torch.empty((), dtype=dtype).element_size()
+
     def features(self, i: int, dtype: torch.dtype | None = torch.float32) -> list[Tensor]:
         """Levels of image `i` as [C, H, W] tensors (in `dtype`; None keeps the stored dtype)."""
         if not 0 <= i < len(self):
@@ -428,11 +433,6 @@ class CachedFeatureDataset(Dataset):
     @property
     def preloaded(self) -> bool:
         return self._samples is not None
-
-    def nbytes(self) -> int:
-        """Bytes the samples' features take in `dtype` (what `preload` keeps in memory)."""
-        per_image = sum(c * h * w for c, h, w in self.cache.feature_shapes)
-        return len(self) * per_image * torch.empty((), dtype=self.dtype).element_size()
 
 
 def collate_cached_features(

@@ -122,7 +122,5 @@ def proxy_data(
 def _cached_split(cache: FeatureCache, source: CocoDetection) -> CachedFeatureDataset:
     """A cached split as a trainer reads it: packed, with the source's ground truth, preloaded
     when it fits `PRELOAD_LIMIT_BYTES`."""
-    split = CachedFeatureDataset(cache, packed=True, source=source)
-    if split.nbytes() <= PRELOAD_LIMIT_BYTES:
-        split = CachedFeatureDataset(cache, packed=True, source=source, preload=True)
-    return split
+    preload = cache.nbytes(torch.float32) <= PRELOAD_LIMIT_BYTES
+    return CachedFeatureDataset(cache, packed=True, source=source, preload=preload)
