@@ -21,6 +21,9 @@ F64 = torch.float64
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Both pure-PyTorch samplers are held to the same per-pixel reference.
+SAMPLERS = pytest.mark.parametrize("sampler", ["grid_sample", "gather"])
+
 
 def _bilinear(img: list[list[float]], y: float, x: float) -> float:
     """Bilinear sample of an H x W image with zero padding (torchvision's CPU kernel rule)."""
@@ -106,39 +109,58 @@ CONV_SETTINGS = [
 
 @pytest.mark.parametrize("dg", [1, 2])
 @pytest.mark.parametrize("stride,padding,dilation", CONV_SETTINGS)
-def test_matches_per_pixel_reference(stride, padding, dilation, dg):
+@SAMPLERS
+def test_matches_per_pixel_reference(stride, padding, dilation, dg, sampler):
     gen = torch.Generator().manual_seed(17 + dg)
     x, offset, mask, weight, bias = _random_case(
         gen, 2, 4, 3, 5, 6, 3, stride, padding, dilation, dg
     )
     got = deform_conv2d(
-        x, offset, mask, weight, bias, stride, padding, dilation, use_torchvision=False
+        x,
+        offset,
+        mask,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        use_torchvision=False,
+        sampler=sampler,
     )
     want = _reference(x, offset, mask, weight, bias, stride, padding, dilation)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_matches_reference_conv_groups_and_no_mask_no_bias():
+@SAMPLERS
+def test_matches_reference_conv_groups_and_no_mask_no_bias(sampler):
     gen = torch.Generator().manual_seed(3)
     s, p, d = (1, 1), (1, 1), (1, 1)
     x, offset, _, weight, _ = _random_case(gen, 1, 4, 4, 5, 4, 3, s, p, d, dg=2, groups=2)
-    got = deform_conv2d(x, offset, None, weight, None, s, p, d, use_torchvision=False)
+    got = deform_conv2d(
+        x, offset, None, weight, None, s, p, d, use_torchvision=False, sampler=sampler
+    )
     want = _reference(x, offset, None, weight, None, s, p, d)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_chunking_does_not_change_result(monkeypatch):
+@SAMPLERS
+def test_chunking_does_not_change_result(monkeypatch, sampler):
     gen = torch.Generator().manual_seed(5)
     s, p, d = (1, 1), (1, 1), (1, 1)
     x, offset, mask, weight, bias = _random_case(gen, 2, 4, 3, 7, 9, 3, s, p, d, dg=2)
-    whole = deform_conv2d(x, offset, mask, weight, bias, s, p, d, use_torchvision=False)
+    whole = deform_conv2d(
+        x, offset, mask, weight, bias, s, p, d, use_torchvision=False, sampler=sampler
+    )
     # 2*4*9*5 elements per chunk -> chunks of 5 output pixels (63 pixels -> 13 chunks, last partial).
     monkeypatch.setattr(deform_conv, "_CHUNK_ELEMENTS", 2 * 4 * 9 * 5)
-    chunked = deform_conv2d(x, offset, mask, weight, bias, s, p, d, use_torchvision=False)
+    chunked = deform_conv2d(
+        x, offset, mask, weight, bias, s, p, d, use_torchvision=False, sampler=sampler
+    )
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
 
 
-def test_gradcheck_all_inputs():
+@SAMPLERS
+def test_gradcheck_all_inputs(sampler):
     gen = torch.Generator().manual_seed(11)
     b, cin, cout, h, w, k, dg = 1, 4, 2, 4, 5, 3, 2
     x = torch.randn(b, cin, h, w, generator=gen, dtype=F64)
@@ -153,7 +175,9 @@ def test_gradcheck_all_inputs():
     inputs = tuple(t.requires_grad_() for t in (x, offset, mask, weight, bias))
 
     def fn(x, offset, mask, weight, bias):
-        return deform_conv2d(x, offset, mask, weight, bias, 1, 1, 1, use_torchvision=False)
+        return deform_conv2d(
+            x, offset, mask, weight, bias, 1, 1, 1, use_torchvision=False, sampler=sampler
+        )
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
     # Offsets really get gradient (floor() must not cut the path).
@@ -162,7 +186,8 @@ def test_gradcheck_all_inputs():
 
 
 @pytest.mark.parametrize("stride,padding,dilation", CONV_SETTINGS)
-def test_zero_offset_unit_mask_is_conv2d(stride, padding, dilation):
+@SAMPLERS
+def test_zero_offset_unit_mask_is_conv2d(stride, padding, dilation, sampler):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 6, 9, 8, generator=gen, dtype=F64)
     weight = torch.randn(5, 6, 3, 3, generator=gen, dtype=F64)
@@ -173,17 +198,29 @@ def test_zero_offset_unit_mask_is_conv2d(stride, padding, dilation):
     mask = torch.ones(2, 3 * 9, ho, wo, dtype=F64)
     for m in (mask, None):
         got = deform_conv2d(
-            x, offset, m, weight, bias, stride, padding, dilation, use_torchvision=False
+            x,
+            offset,
+            m,
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            use_torchvision=False,
+            sampler=sampler,
         )
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_zero_offset_grouped_conv():
+@SAMPLERS
+def test_zero_offset_grouped_conv(sampler):
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 6, 7, 7, generator=gen, dtype=F64)
     weight = torch.randn(9, 2, 3, 3, generator=gen, dtype=F64)  # groups = 3
     offset = torch.zeros(1, 2 * 9, 7, 7, dtype=F64)
-    got = deform_conv2d(x, offset, None, weight, None, 1, 1, 1, use_torchvision=False)
+    got = deform_conv2d(
+        x, offset, None, weight, None, 1, 1, 1, use_torchvision=False, sampler=sampler
+    )
     torch.testing.assert_close(got, F.conv2d(x, weight, None, 1, 1, 1, groups=3))
 
 
@@ -196,7 +233,8 @@ def _shift_pad(x: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:
     return padded[..., r : r + h + 2 * pad, c : c + w + 2 * pad]
 
 
-def test_integer_offsets_per_deform_group_shift_the_image():
+@SAMPLERS
+def test_integer_offsets_per_deform_group_shift_the_image(sampler):
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(2, 4, 6, 7, generator=gen, dtype=F64)
     weight = torch.randn(3, 4, 3, 3, generator=gen, dtype=F64)
@@ -206,7 +244,16 @@ def test_integer_offsets_per_deform_group_shift_the_image():
         offset[:, g, :, 0] = dy
         offset[:, g, :, 1] = dx
     got = deform_conv2d(
-        x, offset.reshape(2, 36, 6, 7), None, weight, None, 1, 1, 1, use_torchvision=False
+        x,
+        offset.reshape(2, 36, 6, 7),
+        None,
+        weight,
+        None,
+        1,
+        1,
+        1,
+        use_torchvision=False,
+        sampler=sampler,
     )
     shifted = torch.cat(
         [_shift_pad(x[:, :2], *shifts[0], 1), _shift_pad(x[:, 2:], *shifts[1], 1)], dim=1
@@ -215,7 +262,8 @@ def test_integer_offsets_per_deform_group_shift_the_image():
 
 
 @pytest.mark.parametrize("tap", [0, 5])
-def test_offset_channel_layout_is_interleaved_dy_dx_row_major(tap):
+@SAMPLERS
+def test_offset_channel_layout_is_interleaved_dy_dx_row_major(tap, sampler):
     """Channel 2*(g*K+k) moves tap k of group g vertically, channel 2*(g*K+k)+1 horizontally."""
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(1, 2, 6, 6, generator=gen, dtype=F64)
@@ -224,7 +272,9 @@ def test_offset_channel_layout_is_interleaved_dy_dx_row_major(tap):
     g, dy, dx = 1, 2, -1
     offset[:, 2 * (g * 9 + tap)] = dy
     offset[:, 2 * (g * 9 + tap) + 1] = dx
-    got = deform_conv2d(x, offset, None, weight, None, 1, 1, 1, use_torchvision=False)
+    got = deform_conv2d(
+        x, offset, None, weight, None, 1, 1, 1, use_torchvision=False, sampler=sampler
+    )
     tap_only = torch.zeros_like(weight)
     tap_only[:, 1].view(2, 9)[:, tap] = weight[:, 1].reshape(2, 9)[:, tap]  # group 1 = channel 1
     want = F.conv2d(x, weight - tap_only, None, 1, 1)
@@ -232,7 +282,8 @@ def test_offset_channel_layout_is_interleaved_dy_dx_row_major(tap):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_fractional_offset_interpolates_and_outside_is_zero():
+@SAMPLERS
+def test_fractional_offset_interpolates_and_outside_is_zero(sampler):
     x = torch.arange(12, dtype=F64).reshape(1, 1, 3, 4)
     weight = torch.ones(1, 1, 1, 1, dtype=F64)
     offset = torch.zeros(1, 2, 3, 4, dtype=F64)
@@ -240,11 +291,60 @@ def test_fractional_offset_interpolates_and_outside_is_zero():
     offset[0, 0, 0, 1] = -0.5  # y=-0.5: half of row 0 (zero padding above)
     offset[0, 1, 2, 3] = 1.0  # x=4 = W: outside
     offset[0, 0, 1, 1] = -2.0  # y=-1: on the border of the zero region
-    got = deform_conv2d(x, offset, None, weight, None, use_torchvision=False)[0, 0]
+    got = deform_conv2d(x, offset, None, weight, None, use_torchvision=False, sampler=sampler)[0, 0]
     assert got[0, 0].item() == pytest.approx((0.25 + 4.25) / 2)
     assert got[0, 1].item() == pytest.approx(0.5 * 1.0)
     assert got[2, 3].item() == 0.0 and got[1, 1].item() == 0.0
     assert got[2, 2].item() == 10.0
+
+
+@SAMPLERS
+@pytest.mark.parametrize("size", [(7, 10), (96, 96), (1, 3)])
+def test_offset_gradient_at_integer_positions_is_the_forward_difference(size, sampler):
+    """At zero offsets (initialisation) every sample sits on a pixel; d out / d dy there is
+    x[y + 1] - x[y] (zero past the border), the bilinear corners of floor(y) as in torchvision.
+    grid_sample's coordinate normalisation must round-trip integers exactly for this to hold."""
+    gen = torch.Generator().manual_seed(12)
+    h, w = size
+    x = torch.randn(1, 1, h, w, generator=gen)  # float32: rounding would show
+    offset = torch.zeros(1, 2, h, w, requires_grad=True)
+    weight = torch.ones(1, 1, 1, 1)
+    out = deform_conv2d(x, offset, None, weight, use_torchvision=False, sampler=sampler)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    out.sum().backward()
+    below = F.pad(x, (0, 0, 0, 1))[..., 1:, :]
+    right = F.pad(x, (0, 1))[..., 1:]
+    torch.testing.assert_close(offset.grad[:, 0:1], below - x, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(offset.grad[:, 1:2], right - x, rtol=1e-6, atol=1e-6)
+
+
+def test_samplers_agree_in_float32_on_a_realistic_layer():
+    """The fast sampler is the gather sampler up to float rounding: forward and every gradient."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 16, 40, 40, generator=gen)
+    offset = torch.randn(2, 36, 40, 40, generator=gen) * 2
+    mask = torch.rand(2, 18, 40, 40, generator=gen)
+    weight = torch.randn(16, 16, 3, 3, generator=gen) * 0.1
+    results = {}
+    for sampler in ("grid_sample", "gather"):
+        inputs = [t.clone().requires_grad_() for t in (x, offset, mask, weight)]
+        out = deform_conv2d(*inputs, None, 1, 1, 1, use_torchvision=False, sampler=sampler)
+        out.square().sum().backward()
+        results[sampler] = [out, *(t.grad for t in inputs)]
+    (out, x_grad, off_fast, mask_grad, w_grad) = results["grid_sample"]
+    (want, x_want, off_slow, mask_want, w_want) = results["gather"]
+    for fast, slow in ((out, want), (x_grad, x_want), (mask_grad, mask_want), (w_grad, w_want)):
+        assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
+    # Offsets: the few samples within rounding of a pixel row may take the other one-sided
+    # derivative; everywhere else the gradients agree to rounding.
+    close = (off_fast - off_slow).abs() <= 1e-4 * off_slow.abs().max()
+    assert close.float().mean() > 0.999
+
+
+def test_unknown_sampler_raises():
+    x, weight = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3)
+    with pytest.raises(NasSearchError, match="sampler 'bicubic' is not one of grid_sample, gather"):
+        deform_conv2d(x, torch.zeros(1, 18, 4, 4), None, weight, padding=1, sampler="bicubic")
 
 
 def test_bad_shapes_raise():

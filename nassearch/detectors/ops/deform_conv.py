@@ -14,10 +14,21 @@ Used by the NAS-FCOS ops (`def_conv_3x3`). Semantics and tensor layouts are thos
   interpolation with zero padding: corners outside the image count as 0, so any point outside
   (-1, H) x (-1, W) samples exactly 0.
 
-The pure path builds the sampled "columns" tensor [B, Cin, K, L] (L = Ho*Wo) with ``torch.gather``
-(no ``grid_sample``) and contracts it with the weight; autograd supplies the backward pass for input,
-offset, mask, weight and bias. Output pixels are processed in chunks to bound the size of the
-temporaries. Where ``torchvision.ops.deform_conv2d`` imports it is used instead (compiled kernels).
+The pure path builds the sampled "columns" tensor [B, Cin, K, L] (L = Ho*Wo) and contracts it with
+the weight; autograd supplies the backward pass for input, offset, mask, weight and bias. Output
+pixels are processed in chunks to bound the size of the temporaries. Two samplers build the columns:
+
+* ``grid_sample`` (default): one fused ``F.grid_sample`` call per chunk, about 2x faster than
+  ``gather`` forward + backward on CPU (16 channels at 96x96: 88 vs 162 ms). The input is
+  zero-padded on the bottom/right to 2**m + 1 rows/columns (zeros there = outside, as above) so that
+  the normalisation 2/(size - 1) is a power of two: integer sampling positions (every position at
+  zero offsets, i.e. at initialisation) round-trip exactly, and the bilinear corners -- hence the
+  one-sided gradient with respect to the offsets -- are those of the exact coordinate, as in
+  torchvision and mmcv. Elsewhere it agrees with ``gather`` to float rounding.
+* ``gather``: four ``torch.gather`` calls and the corner weights spelled out; used whenever the op is
+  traced (ONNX export), whatever ``sampler`` says.
+
+Where ``torchvision.ops.deform_conv2d`` imports it is used instead (compiled kernels).
 """
 
 from __future__ import annotations
@@ -25,8 +36,10 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nassearch.errors import NasSearchError
@@ -35,6 +48,9 @@ __all__ = ["ModulatedDeformConv2d", "deform_conv2d", "torchvision_available"]
 
 # Upper bound on elements of one chunk's columns tensor (B * Cin * K * chunk_len); ~64 MB in float32.
 _CHUNK_ELEMENTS = 1 << 24
+
+Sampler = Literal["grid_sample", "gather"]
+SAMPLERS: tuple[str, ...] = ("grid_sample", "gather")
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -71,13 +87,19 @@ def deform_conv2d(
     dilation: int | tuple[int, int] = 1,
     *,
     use_torchvision: bool | None = None,
+    sampler: Sampler = "grid_sample",
 ) -> Tensor:
     """Modulated deformable convolution (DCNv2); ``mask=None`` gives DCNv1. Returns [B, Cout, Ho, Wo].
 
     Conv groups are inferred from ``weight.shape[1]`` (= Cin / groups) and deformable groups from
     ``offset.shape[1]`` (= 2 * dg * kh * kw), as in torchvision. ``use_torchvision``: None uses
-    torchvision's kernel when it imports, True requires it, False forces the pure-PyTorch path.
+    torchvision's kernel when it imports, True requires it, False forces the pure-PyTorch path,
+    whose columns ``sampler`` builds (see the module docstring).
     """
+    if sampler not in SAMPLERS:
+        raise NasSearchError(
+            f"deform_conv2d: sampler {sampler!r} is not one of {', '.join(SAMPLERS)}"
+        )
     stride, padding, dilation = (
         _pair(stride, "stride"),
         _pair(padding, "padding"),
@@ -91,8 +113,10 @@ def deform_conv2d(
         )
     if use_torchvision is not False and tv_op is not None:
         return tv_op(input, offset, weight, bias, stride, padding, dilation, mask)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        sampler = "gather"  # traced shapes are tensors; the exported graph is plain Gather/Mul ops
     return _deform_conv2d_pure(
-        input, offset, mask, weight, bias, stride, padding, dilation, groups, dg, out_hw
+        input, offset, mask, weight, bias, stride, padding, dilation, groups, dg, out_hw, sampler
     )
 
 
@@ -156,8 +180,9 @@ def _deform_conv2d_pure(
     groups: int,
     dg: int,
     out_hw: tuple[int, int],
+    sampler: Sampler = "grid_sample",
 ) -> Tensor:
-    """Gather-based DCNv2: sampled columns [B, Cin, K, L] contracted with the weight, chunked over L."""
+    """DCNv2 as sampled columns [B, Cin, K, L] contracted with the weight, chunked over L."""
     b, cin, h, w = input.shape
     cout, _, kh, kw = weight.shape
     ho, wo = out_hw
@@ -177,19 +202,49 @@ def _deform_conv2d_pure(
     flat = input.reshape(b, dg, cin // dg, h * w)
     w_mat = weight.reshape(groups, cout // groups, (cin // groups) * k)
 
+    if sampler == "grid_sample":
+        # Padded source and grid coordinates; the scales are powers of two (exact products).
+        hp, wp = _power_of_two_plus_one(h), _power_of_two_plus_one(w)
+        scale_y, scale_x = 2.0 / (hp - 1), 2.0 / (wp - 1)
+        source = F.pad(input, (0, wp - w, 0, hp - h)).reshape(b * dg, cin // dg, hp, wp)
+        base_y, base_x = base_y * scale_y - 1, base_x * scale_x - 1
+
     chunk = max(1, _CHUNK_ELEMENTS // max(1, b * cin * k))
     outs = []
     for start in range(0, length, chunk):
         sl = slice(start, min(start + chunk, length))
-        y = base_y[:, sl] + off[:, :, :, 0, sl]  # [B, dg, K, Lc]
-        x = base_x[:, sl] + off[:, :, :, 1, sl]
-        cols = _bilinear_columns(flat, y, x, h, w, None if msk is None else msk[..., sl])
+        chunk_mask = None if msk is None else msk[..., sl]
+        if sampler == "grid_sample":
+            gy = base_y[:, sl] + off[:, :, :, 0, sl] * scale_y  # [B, dg, K, Lc]
+            gx = base_x[:, sl] + off[:, :, :, 1, sl] * scale_x
+            cols = _grid_sample_columns(source, gy, gx, chunk_mask)
+        else:
+            y = base_y[:, sl] + off[:, :, :, 0, sl]  # [B, dg, K, Lc]
+            x = base_x[:, sl] + off[:, :, :, 1, sl]
+            cols = _bilinear_columns(flat, y, x, h, w, chunk_mask)
         cols = cols.reshape(b, groups, (cin // groups) * k, -1)  # channel-major, then kernel tap
         outs.append(torch.matmul(w_mat, cols).reshape(b, cout, -1))
     out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
     if bias is not None:
         out = out + bias[:, None]
     return out.reshape(b, cout, ho, wo)
+
+
+def _power_of_two_plus_one(size: int) -> int:
+    """The smallest 2**m + 1 >= size (m >= 0): a padded size whose (size - 1) is a power of two."""
+    return (1 << max(0, size - 2).bit_length()) + 1
+
+
+def _grid_sample_columns(source: Tensor, gy: Tensor, gx: Tensor, mask: Tensor | None) -> Tensor:
+    """Bilinear samples (zero padding) of source [B*dg, Cg, Hp, Wp] at normalised (align_corners)
+    gy, gx [B, dg, K, Lc] -> [B, Cin, K, Lc], times the mask [B, dg, K, Lc] if given."""
+    b, dg, k, lc = gy.shape
+    grid = torch.stack((gx, gy), dim=-1).reshape(b * dg, k, lc, 2)
+    vals = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    vals = vals.reshape(b, dg, -1, k, lc)  # [B, dg, Cg, K, Lc]
+    if mask is not None:
+        vals = vals * mask[:, :, None]
+    return vals.reshape(b, -1, k, lc)
 
 
 def _bilinear_columns(
@@ -263,6 +318,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.groups, self.deform_groups = groups, deform_groups
         # None: torchvision's kernel where it imports; False forces the pure path (ONNX export).
         self.use_torchvision: bool | None = None
+        self.sampler: Sampler = "grid_sample"
         kh, kw = self.kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kh, kw))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -306,6 +362,7 @@ class ModulatedDeformConv2d(nn.Module):
             self.padding,
             self.dilation,
             use_torchvision=self.use_torchvision,
+            sampler=self.sampler,
         )
 
     def extra_repr(self) -> str:
