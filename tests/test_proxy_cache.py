@@ -82,6 +82,8 @@ def test_cached_trial_matches_live_frozen_trial(tmp_path):
     assert cached.metrics == pytest.approx(live.metrics, abs=1e-6)
     # Costs always count the whole detector, backbone included.
     assert cached.params == live.params and cached.macs == live.macs
+    # The frozen backbone's share was measured once, kept beside the cache for the next one.
+    assert len(list((tmp_path / "features" / "train").glob("backbone-cost-*.json"))) == 1
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +22,15 @@ from torch import nn
 from nassearch.config import CostConfig, ExperimentConfig
 from nassearch.console import silent
 from nassearch.detectors.build import build_detector
-from nassearch.detectors.complexity import count_macs, count_parameters
-from nassearch.device import resolve_device, use_bf16
+from nassearch.device import resolve_device
 from nassearch.engine.evaluate import evaluate_detector, validation_loss
 from nassearch.engine.trainer import Trainer
 from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, CachedFeatureDetector
+from nassearch.proxy_eval.model_cost import ModelCost, backbone_cost, measure_cost
 from nassearch.proxy_eval.proxy_data import proxy_datasets
 from nassearch.proxy_result import ProxyResult
 from nassearch.search_spaces.base import Genotype
 from nassearch.status import Status
-
-
-@torch.no_grad()
-def measure_latency_ms(
-    model: nn.Module,
-    size: tuple[int, int],
-    device: torch.device,
-    *,
-    batch: int = 1,
-    repeats: int = 5,
-) -> float:
-    """Median wall time of backbone + neck + head on one batch (no NMS), in milliseconds."""
-    was_training = model.training
-    model.eval()
-    images = torch.zeros(batch, 3, *size, device=device)
-    times = []
-    try:
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
-                model.head_outputs(model.backbone(images))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i:  # the first run warms up
-                times.append((time.perf_counter() - start) * 1000)
-    finally:
-        model.train(was_training)
-    return sorted(times)[len(times) // 2]
 
 
 def cost_value(cost: CostConfig, result: ProxyResult) -> float:
@@ -76,30 +46,6 @@ def apply_cost(reward: float, cost: CostConfig | None, value: float) -> float:
         return reward
     factor = (value / cost.target) ** cost.weight
     return reward * factor if reward >= 0 else reward / factor
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """What an architecture costs to run, measured once on its built detector (the whole
-    detector, backbone included, at the proxy's network input size)."""
-
-    params: int
-    macs: int
-    latency_ms: float
-
-    @classmethod
-    def of(cls, result: ProxyResult) -> ModelCost:
-        return cls(result.params, result.macs, result.latency_ms)
-
-
-def measure_cost(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> ModelCost:
-    """Parameters, MACs per image and median latency (model on `device`, `proxy.latency_batch`)."""
-    size = cfg.input.network_size()
-    return ModelCost(
-        params=count_parameters(model)["total"],
-        macs=count_macs(model, size)["total"],
-        latency_ms=measure_latency_ms(model, size, device, batch=cfg.proxy.latency_batch),
-    )
 
 
 def evaluate_candidate(
@@ -139,10 +85,16 @@ def evaluate_candidate(
         model.to(device)
         measuring = time.perf_counter()
         timings["build"] = measuring - started
-        cost = cost or measure_cost(model, cfg, device)
+        cached = isinstance(train_set, CachedFeatureDataset)
+        if cost is None:
+            # A frozen backbone costs the same in every architecture: measured once per search.
+            frozen = (
+                backbone_cost(model, cfg, device, train_set.cache.cache_dir) if cached else None
+            )
+            cost = measure_cost(model, cfg, device, backbone=frozen)
         result.params, result.macs, result.latency_ms = cost.params, cost.macs, cost.latency_ms
         timings["measure"] = time.perf_counter() - measuring
-        if isinstance(train_set, CachedFeatureDataset):
+        if cached:
             model = CachedFeatureDetector.from_cache(model, train_set.cache)
         if proxy.cost is not None and proxy.cost.hard_limit:
             value = cost_value(proxy.cost, result)
