@@ -212,14 +212,20 @@ class RecordCallback(tune.Callback):
         self.rewards: list[float] = []  # searched architectures' rewards so far, for the rank
         self.scores: list[list[float]] = []  # their repeats' scores (proxy.repeats)
         self.recorded: set[str] = set()  # trial ids already in the file
+        # (candidate id, architecture) of this stage's records: a candidate recorded under
+        # another trial id (see proxy_eval.trial.recorded_result) is not written twice.
+        self.recorded_candidates: set[tuple[int, str]] = set()
 
     def setup(self, **info: Any) -> None:
         self.rewards, self.scores, self.recorded = [], [], set()
+        self.recorded_candidates = set()
         if self.path.is_file():
             for record in read_records(self.path):
                 self.recorded.add(record.trial_id)
                 if not record.baseline and record.stage == self.stage:
                     self._count(record)
+                    if record.candidate_id is not None:
+                        self.recorded_candidates.add((record.candidate_id, record.key))
 
     def _count(self, record: ArchitectureRecord) -> None:
         self.rewards.append(math.nan if record.reward is None else record.reward)
@@ -239,7 +245,9 @@ class RecordCallback(tune.Callback):
         print(f"warning: {message}", flush=True)
 
     def _write(self, trial, result: dict[str, Any]) -> None:
-        if trial.trial_id in self.recorded:
+        spec = TrialSpec.from_config(trial.config)
+        candidate = (spec.candidate_id, spec.genotype_key)
+        if trial.trial_id in self.recorded or candidate in self.recorded_candidates:
             return
         proxy_result, rung = ProxyResult.from_report(result), None
         key = self.rung_metric
@@ -262,15 +270,13 @@ class RecordCallback(tune.Callback):
             # From the trial's final report to its record: Tune's result path to the driver.
             proxy_result.timings["record"] = max(0.0, time.time() - result["reported_at"])
         record = ArchitectureRecord.from_result(
-            proxy_result,
-            TrialSpec.from_config(trial.config),
-            trial_id=trial.trial_id,
-            stage=self.stage,
-            rung=rung,
+            proxy_result, spec, trial_id=trial.trial_id, stage=self.stage, rung=rung
         )
         with RecordWriter(self.path) as writer:
             writer.append(record)
         self.recorded.add(trial.trial_id)
+        if spec.candidate_id is not None:
+            self.recorded_candidates.add(candidate)
         self._count(record)
         if not self.quiet:
             print(format_line(record, self.rewards, self.total), flush=True)
@@ -367,7 +373,9 @@ def run_search(
 
     stage = first_stage(cfg)
     total = stage.num_architectures
-    make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume).fit()
+    fit_stage(
+        make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume), exp_dir, stage
+    )
     if cfg.search.progressive:
         stage = head_stage(cfg, read_records(records))
         total += stage.num_architectures
@@ -376,7 +384,9 @@ def run_search(
             f"stage 2: searching the head on stage 1's best FPN ({space.size():,} heads), "
             f"{stage.num_architectures} to evaluate"
         )
-        make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume).fit()
+        fit_stage(
+            make_tuner(cfg, space, exp_dir, stage, quiet=log is None, resume=resume), exp_dir, stage
+        )
     if cfg.search.reevaluate_top is not None:
         reevaluate_top(cfg, exp_dir, read_records(records), log=log)
     all_records = read_records(records)
@@ -393,6 +403,20 @@ def run_search(
     return all_records
 
 
+def fit_stage(tuner: tune.Tuner, exp_dir: Path, stage: Stage) -> None:
+    """Run one stage's Tuner, then remove the folders of trials its experiment state never held.
+
+    Such a folder is what a driver killed between a trial's start and Tune's next snapshot leaves:
+    the restored experiment does not know the trial, the restored searcher hands its candidate
+    out again under a new id, and the old folder (its partial epochs) would count it twice.
+    """
+    grid = tuner.fit()
+    known = {Path(result.path).name for result in grid if result.path}
+    for folder in (exp_dir / stage.tune_dir).glob("trial_*"):
+        if folder.is_dir() and folder.name not in known:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def make_tuner(
     cfg: ExperimentConfig, space, exp_dir: Path, stage: Stage, *, quiet: bool, resume: bool
 ) -> tune.Tuner:
@@ -406,6 +430,7 @@ def make_tuner(
             experiment=experiment,
             records_path=str(records),
             feature_cache=None if cache_dir is None else str(cache_dir),
+            stage=stage.name,
         ),
         {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial},
     )
@@ -436,10 +461,12 @@ def make_tuner(
             max_concurrent_trials=cfg.search.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,
             trial_dirname_creator=trial_dirname,
-            # No reuse_actors: measured 4-6 s faster per trial, but a reused worker starts the
-            # next trial so soon that it can report before Tune's next snapshot; a driver killed
-            # then forgets that trial and trains its candidate again after a resume (seen in
-            # tests/test_search_resume.py under load).
+            # One worker process serves trial after trial (every trial asks for the same
+            # resources): no process start, torch import or first-use import per architecture.
+            # A reused worker starts its next trial at once, so a driver killed before Tune's
+            # next snapshot can forget a trial that already reported: `fit_stage` removes such
+            # a trial's folder and `recorded_result` keeps its candidate from training twice.
+            reuse_actors=True,
             scheduler=make_scheduler(cfg),
         ),
         run_config=tune.RunConfig(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,11 @@ def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_
     before = records_path.read_text()
     searched_before = _searched(records_path)
     assert 2 <= searched_before < 6
+    # What a driver killed between a trial's start and Tune's next snapshot leaves behind: a trial
+    # folder (with reported epochs) that the saved experiment state does not know.
+    started = sorted(d for d in (exp / "tune").glob("trial_*") if (d / "result.json").is_file())
+    orphan = exp / "tune" / "trial_orphan0"
+    shutil.copytree(started[0], orphan)
 
     resumed = subprocess.run(
         [sys.executable, "-m", "nassearch", "run", str(exp), "--resume", "--address", address],
@@ -89,6 +95,7 @@ def test_sigkilled_search_resumes_without_losing_or_retraining(ray_session, tmp_
     assert sorted(r["controller_step"] for r in searched) == [0, 0, 1, 1, 2, 2]
     # No trial trained an epoch twice: a resumed trial continues after its last checkpoint and a
     # recorded one re-reports its record without training.
+    assert not orphan.exists()  # removed once the resumed stage has run
     trial_dirs = [d for d in (exp / "tune").iterdir() if (d / "result.json").is_file()]
     assert len(trial_dirs) == 6
     for trial_dir in trial_dirs:
@@ -141,3 +148,38 @@ def test_interrupted_proxy_training_resumes_to_the_same_result(tmp_path):
     assert whole.status == resumed.status == "ok"
     assert resumed.reward == whole.reward == -whole.val_loss
     assert resumed.metrics == whole.metrics
+
+
+def test_a_candidate_recorded_under_another_trial_id_is_not_trained_or_written_again(tmp_path):
+    """A trial that finished and was recorded just before the killed driver's last snapshot: the
+    resumed searcher hands its candidate out again under a new trial id."""
+    from types import SimpleNamespace
+
+    from nassearch.proxy_eval.trial import recorded_result
+    from nassearch.proxy_result import ProxyResult
+    from nassearch.records import ArchitectureRecord, RecordWriter
+    from nassearch.search import RecordCallback
+    from nassearch.trial_spec import TrialSpec
+
+    genotype = named_genotypes("nasfpn")["PAPER"]
+    spec = TrialSpec(genotype.to_dict(), genotype.key(), controller_step=0, candidate_id=3)
+    path = tmp_path / "architectures.jsonl"
+    result = ProxyResult(reward=0.25, genotype_key=genotype.key(), status="ok")
+    with RecordWriter(path) as writer:
+        writer.append(ArchitectureRecord.from_result(result, spec, trial_id="old", stage="fpn"))
+
+    assert recorded_result(path, "new", spec, "fpn").reward == 0.25
+    assert recorded_result(path, "old").reward == 0.25  # by trial id, as before
+    other = TrialSpec(genotype.to_dict(), "another-key", controller_step=0, candidate_id=3)
+    assert recorded_result(path, "new", other, "fpn") is None  # same id, other architecture
+    assert recorded_result(path, "new", spec, "head") is None  # another stage's candidate 3
+    assert recorded_result(path, "new") is None
+
+    callback = RecordCallback(path, total=3, quiet=True, stage="fpn")
+    callback.setup()
+    report = {**result.to_report(), "final": True, "from_record": True}
+    trial = SimpleNamespace(trial_id="new", config=spec.to_config(), last_result=report)
+    callback.on_trial_complete(0, [], trial)
+    fresh = SimpleNamespace(trial_id="next", config=other.to_config(), last_result=report)
+    callback.on_trial_complete(0, [], fresh)
+    assert [r.trial_id for r in read_records(path)] == ["old", "next"]

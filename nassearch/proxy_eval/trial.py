@@ -38,15 +38,33 @@ CHECKPOINT_FILE = "last.pth"
 REPEATS_FILE = "repeats.json"
 
 
-def recorded_result(records_path: str | os.PathLike | None, trial_id: str) -> ProxyResult | None:
-    """The final result of `trial_id` rebuilt from the driver's record, if the driver wrote one."""
+def recorded_result(
+    records_path: str | os.PathLike | None,
+    trial_id: str,
+    spec: TrialSpec | None = None,
+    stage: str | None = None,
+) -> ProxyResult | None:
+    """The final result of this trial rebuilt from the driver's record, if the driver wrote one.
+
+    A record matches by trial id, or (with `spec`) by the candidate: the same controller
+    candidate id and architecture in the same `stage`. The second case is a trial that finished
+    and was recorded just before a killed driver's last snapshot: the resumed searcher hands the
+    same candidate out again under a new trial id, and it is not trained twice.
+    """
     if records_path is None or not Path(records_path).is_file():
         return None
     with warnings.catch_warnings():  # a torn last line is the driver's business, not the trial's
         warnings.simplefilter("ignore")
         records = read_records(records_path)
     for record in records:
-        if record.trial_id == trial_id and not record.baseline:
+        if record.baseline:
+            continue
+        if record.trial_id == trial_id or (
+            spec is not None
+            and spec.candidate_id is not None
+            and (record.stage, record.candidate_id, record.key)
+            == (stage, spec.candidate_id, spec.genotype_key)
+        ):
             return record.to_result()
     return None
 
@@ -56,11 +74,13 @@ def proxy_trial(
     experiment: dict[str, Any],
     records_path: str | None = None,
     feature_cache: str | None = None,
+    stage: str | None = None,
 ) -> None:
     """Tune function trainable: `config["genotype"]` from the searcher, `experiment` the resolved config.
 
     `records_path` is the experiment's architectures.jsonl (read only); `feature_cache` the
-    experiment's feature cache folder, which the driver built (opened and checked here). With
+    experiment's feature cache folder, which the driver built (opened and checked here); `stage`
+    the progressive search's stage the trial belongs to (None otherwise). With
     `proxy.trial_checkpoints` off there are no per-epoch checkpoints (less disk for big models;
     an interrupted trial then restarts from scratch).
     """
@@ -70,7 +90,8 @@ def proxy_trial(
     entered = time.time()
     follow_ray_threads()
     context = tune.get_context()
-    done = recorded_result(records_path, context.get_trial_id())
+    spec = TrialSpec.from_config(config)
+    done = recorded_result(records_path, context.get_trial_id(), spec, stage)
     if done is not None:
         tune.report({**done.to_report(), "final": True, "from_record": True})
         return
@@ -78,7 +99,6 @@ def proxy_trial(
     cfg = validate_config(experiment, "search config", check_space=False)
     # Tune's own TensorBoard logger already receives every report; no second writer per trial.
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tensorboard": False})})
-    spec = TrialSpec.from_config(config)
     genotype = genotype_from_dict(spec.genotype)
     checkpoints = cfg.proxy.trial_checkpoints
     datasets = proxy_data(cfg, feature_cache, progress=False, checked=True)
