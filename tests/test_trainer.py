@@ -321,6 +321,32 @@ def test_last_checkpoint_follows_every_epoch_between_kept_ones(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["iteration"] == 4
 
 
+@pytest.mark.parametrize("every_s", [0.0, 3600.0])
+def test_checkpoint_every_s_spaces_last_checkpoint_writes(tmp_path, every_s):
+    """A proxy trainer (no kept epochs) writes last.pth only once `checkpoint_every_s` of training
+    passed since the last write, and tells the epoch callback whether it wrote one."""
+    seen = []
+
+    def record(epoch, info):
+        last = tmp_path / "checkpoints" / "last.pth"
+        written = load_checkpoint(last)["epoch"] if last.is_file() else None
+        seen.append((info["checkpointed"], written))
+
+    trainer = make_trainer(
+        tmp_path,
+        make_cfg(epochs=3),
+        on_epoch_end=record,
+        keep_epoch_checkpoints=False,
+        checkpoint_every_s=every_s,
+    )
+    result = trainer.fit()
+    if every_s == 0.0:
+        assert seen == [(True, 1), (True, 2), (True, 3)]
+    else:
+        assert seen == [(False, None)] * 3
+    assert result.status == "ok"
+
+
 def test_total_iterations_cap_and_rounding():
     assert total_iterations(make_cfg(epochs=0.1), 30) == 3
     assert total_iterations(make_cfg(epochs=2), 5) == 10

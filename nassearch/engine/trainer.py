@@ -183,6 +183,9 @@ class Trainer:
     reduction), stops training with status `interrupted` after writing last.pth at that step, from
     which `fit(resume=True)` continues.
     `keep_epoch_checkpoints=False` writes last.pth only (proxy trials, where disk adds up).
+    `checkpoint_every_s` > 0 writes last.pth at an epoch's end only once that many seconds of
+    training passed since the last write (short proxy epochs: a resume then loses at most that
+    much); the epoch callback's `info["checkpointed"]` says whether this epoch wrote one.
     """
 
     def __init__(
@@ -203,8 +206,11 @@ class Trainer:
         keep_epoch_checkpoints: bool = True,
         distributed: DistributedContext | None = None,
         stop_requested: Callable[[], bool] | None = None,
+        checkpoint_every_s: float = 0.0,
     ) -> None:
         self.cfg = cfg
+        self.checkpoint_every_s = checkpoint_every_s
+        self._last_saved: float | None = None  # training seconds at the last last.pth
         self.stop_requested = stop_requested
         self.time_limit_s = time_limit_s
         self.keep_epoch_checkpoints = keep_epoch_checkpoints
@@ -475,7 +481,12 @@ class Trainer:
         state.timings["evaluation"] += saving - phase_started
         seconds = state.seconds(started)
         keep = is_last or epoch % self.cfg.checkpoint_interval == 0
-        self._save(state, epoch, keep, seconds)
+        since = seconds - (self._last_saved if self._last_saved is not None else 0.0)
+        checkpointed = (keep and self.keep_epoch_checkpoints) or since >= self.checkpoint_every_s
+        if checkpointed:
+            self._save(state, epoch, keep, seconds)
+            self._last_saved = seconds
+        checkpointed = checkpointed and self.checkpoint_dir is not None and self.is_main_process
         calling = time.perf_counter()
         state.timings["checkpoint"] += calling - saving
         if self.on_epoch_end is not None:
@@ -484,6 +495,7 @@ class Trainer:
                 "iteration": state.iteration,
                 "lr": lr,
                 "seconds": seconds,
+                "checkpointed": checkpointed,
                 **epoch_means,
             }
             if evaluated:

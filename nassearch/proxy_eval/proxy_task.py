@@ -121,6 +121,7 @@ def evaluate_candidate(
             log=silent,
             time_limit_s=proxy.time_limit_s,
             keep_epoch_checkpoints=False,
+            checkpoint_every_s=proxy.checkpoint_every_s,
         ).fit(resume=resume)
         result.train_seconds = trained.seconds
         timings.update(trained.timings)

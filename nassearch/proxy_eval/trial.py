@@ -108,7 +108,6 @@ def proxy_trial(
 
     with tempfile.TemporaryDirectory(prefix="nassearch-trial-") as work_dir:
         done, resume = _restore_checkpoint(tune.get_checkpoint(), Path(work_dir))
-        last_checkpoint = [time.perf_counter()]  # when the last trial checkpoint was reported
 
         def on_epoch_end(epoch: int, info: dict[str, Any]) -> None:
             metrics = {
@@ -123,11 +122,10 @@ def proxy_trial(
                 **{k: v for k, v in info.items() if k.startswith("epoch_")},  # rung metric
             }
             last = _last_path(Path(work_dir), len(done))
-            due = time.perf_counter() - last_checkpoint[0] >= cfg.proxy.checkpoint_every_s
-            if not (checkpoints and due and last.is_file()):
+            # The trainer wrote last.pth this epoch when proxy.checkpoint_every_s allowed.
+            if not (checkpoints and info.get("checkpointed") and last.is_file()):
                 tune.report(metrics)
                 return
-            last_checkpoint[0] = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="nassearch-ckpt-") as out:
                 shutil.copy2(last, Path(out) / CHECKPOINT_FILE)
                 _write_repeats(Path(out), done)
