@@ -321,3 +321,34 @@ def test_cached_training_matches_live_training_nasfcos_r50(dataset, tmp_path, pr
     assert not torch.allclose(live_losses[0], live_losses[-1], rtol=1e-3)
     assert torch.equal(torch.tensor(cached_result.loss_history), live_losses)
     assert sum(p.numel() for p in live.backbone.parameters()) > 20_000_000  # really a ResNet-50
+
+
+def test_float16_preload_gives_the_float32_samples_and_proxy_data_picks_it(
+    dataset, tmp_path, monkeypatch
+):
+    """A split too big to preload as float32 is kept in the cache's float16 and converted on
+    access: bit-identical samples to reading the file, in half the memory."""
+    from nassearch.proxy_eval import proxy_data as proxy_data_module
+
+    cache = build_feature_cache(
+        tiny_fcos(dataset.num_classes).backbone, dataset, tmp_path / "c", progress=False
+    )
+    assert cache.dtype == torch.float16
+    read = CachedFeatureDataset(cache, packed=True)
+    kept = CachedFeatureDataset(cache, packed=True, preload=True, preload_dtype=torch.float16)
+    assert kept.preloaded and kept._samples[0][0].dtype == torch.float16
+    for i in range(len(cache)):
+        (want, want_target), (got, got_target) = read[i], kept[i]
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert torch.equal(got_target["boxes"], want_target["boxes"])
+
+    # proxy_data's choice: float32 when it fits the limit, else float16, else read per step.
+    for limit, preloaded, dtype in (
+        (cache.nbytes(torch.float32), True, torch.float32),
+        (cache.nbytes(torch.float16), True, torch.float16),
+        (cache.nbytes(torch.float16) - 1, False, torch.float16),
+    ):
+        monkeypatch.setattr(proxy_data_module, "PRELOAD_LIMIT_BYTES", limit)
+        split = proxy_data_module._cached_split(cache, dataset)
+        assert (split.preloaded, split.preload_dtype) == (preloaded, dtype)
+        assert torch.equal(split[0][0], read[0][0])

@@ -163,6 +163,11 @@ class FeatureCache:
     def image_ids(self) -> list[int]:
         return [int(i) for i in self.index["image_ids"]]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the features are stored in (`proxy.feature_cache_dtype`)."""
+        return getattr(torch, np.dtype(self.index["dtype"]).name)
+
     def nbytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Bytes every image's features take in `dtype` (what a preloaded dataset keeps)."""
         per_image = sum(c * h * w for c, h, w in self.feature_shapes)
@@ -393,7 +398,9 @@ class CachedFeatureDataset(Dataset):
     `cat_ids`, `image_ids`) so COCO evaluation works on cached features too.
     `preload=True` reads every sample once, up front (the same tensors, kept in memory): a
     proxy training that visits each sample many times then skips the per-step reads, dtype
-    conversions, packing and target parsing.
+    conversions, packing and target parsing. `preload_dtype` (default `dtype`) is the dtype they
+    are kept in, e.g. the cache's own float16 for half the memory: each access then only
+    converts (exactly) to `dtype`.
     """
 
     def __init__(
@@ -404,11 +411,15 @@ class CachedFeatureDataset(Dataset):
         dtype: torch.dtype = torch.float32,
         source: Any = None,
         preload: bool = False,
+        preload_dtype: torch.dtype | None = None,
     ) -> None:
         self.cache = cache
         self.packed = packed
         self.dtype = dtype
-        self._samples = [self._read(i) for i in range(len(cache))] if preload else None
+        self.preload_dtype = dtype if preload_dtype is None else preload_dtype
+        self._samples = (
+            [self._read(i, self.preload_dtype) for i in range(len(cache))] if preload else None
+        )
         if source is not None:
             if [int(i) for i in source.image_ids] != cache.image_ids:
                 raise NasSearchError(
@@ -424,10 +435,14 @@ class CachedFeatureDataset(Dataset):
         if self._samples is None:
             return self._read(i)
         features, target = self._samples[i]
+        if self.preload_dtype != self.dtype:
+            features = (
+                features.to(self.dtype) if self.packed else [f.to(self.dtype) for f in features]
+            )
         return features, dict(target)  # callers may add keys; the stored target stays as read
 
-    def _read(self, i: int) -> tuple[Any, dict[str, Any]]:
-        feats = self.cache.features(i, dtype=self.dtype)
+    def _read(self, i: int, dtype: torch.dtype | None = None) -> tuple[Any, dict[str, Any]]:
+        feats = self.cache.features(i, dtype=self.dtype if dtype is None else dtype)
         return (pack_features(feats) if self.packed else feats), self.cache.target(i)
 
     @property
