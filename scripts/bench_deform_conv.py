@@ -2,7 +2,9 @@
 
 Times forward and forward+backward (gradients for input, offset, mask, weight, bias) at B x C x S x S
 feature maps with a 3x3 kernel, stride 1, padding 1; median over --iters after --warmup runs. Offsets
-are random (std 1 pixel), masks random in (0, 1). Where torchvision imports its kernel is timed too.
+are random (std 1 pixel), masks random in (0, 1). The pure path is timed with its default
+`grid_sample` sampler and with the `gather` one (what ONNX export traces); where torchvision
+imports its kernel is timed too.
 `cols MB` is the size of the sampled-columns tensor [B, C, 9, S*S] (float32) the pure path builds.
 Prints a table and writes JSON.
 
@@ -61,10 +63,12 @@ def run_one(
     def conv_fwd_bwd() -> None:
         F.conv2d(x, weight, bias, 1, 1).sum().backward()
 
-    def dcn(use_tv: bool, backward: bool) -> Callable[[], None]:
+    def dcn(use_tv: bool, backward: bool, sampler: str = "grid_sample") -> Callable[[], None]:
         def fn() -> None:
             with torch.set_grad_enabled(backward):
-                out = deform_conv2d(x, offset, mask, weight, bias, 1, 1, 1, use_torchvision=use_tv)
+                out = deform_conv2d(
+                    x, offset, mask, weight, bias, 1, 1, 1, use_torchvision=use_tv, sampler=sampler
+                )
                 if backward:
                     out.sum().backward()
 
@@ -85,6 +89,10 @@ def run_one(
         "conv2d_fwd_bwd_s": _time(lambda: (clear(), conv_fwd_bwd()), iters, warmup, device),
         "pure_fwd_s": _time(dcn(False, False), iters, warmup, device),
         "pure_fwd_bwd_s": _time(lambda: (clear(), dcn(False, True)()), iters, warmup, device),
+        "gather_fwd_s": _time(dcn(False, False, "gather"), iters, warmup, device),
+        "gather_fwd_bwd_s": _time(
+            lambda: (clear(), dcn(False, True, "gather")()), iters, warmup, device
+        ),
         "torchvision_fwd_s": None,
         "torchvision_fwd_bwd_s": None,
     }
@@ -122,7 +130,8 @@ def main() -> None:
     ]
     header = (
         f"{'size':>5}{'cols MB':>9}{'conv fwd s':>12}{'dcn fwd s':>11}{'x':>7}"
-        f"{'conv f+b s':>12}{'dcn f+b s':>11}{'x':>7}{'tv fwd s':>10}{'tv f+b s':>10}"
+        f"{'conv f+b s':>12}{'dcn f+b s':>11}{'x':>7}{'gather f+b s':>14}{'tv fwd s':>10}"
+        f"{'tv f+b s':>10}"
     )
     print(
         f"B={args.batch} C={args.channels}->{args.channels} 3x3 s1 p1 dg={args.deform_groups} "
@@ -135,6 +144,7 @@ def main() -> None:
             f"{r['size']:>5}{r['cols_mb']:>9.0f}{r['conv2d_fwd_s']:>12.4f}{r['pure_fwd_s']:>11.4f}"
             f"{r['pure_fwd_s'] / r['conv2d_fwd_s']:>7.1f}{r['conv2d_fwd_bwd_s']:>12.4f}"
             f"{r['pure_fwd_bwd_s']:>11.4f}{r['pure_fwd_bwd_s'] / r['conv2d_fwd_bwd_s']:>7.1f}"
+            f"{r['gather_fwd_bwd_s']:>14.4f}"
             f"{_fmt(r['torchvision_fwd_s']):>10}{_fmt(r['torchvision_fwd_bwd_s']):>10}"
         )
     meta = {
