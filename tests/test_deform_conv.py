@@ -25,6 +25,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLERS = pytest.mark.parametrize("sampler", ["grid_sample", "gather"])
 
 
+def _pure(*args, sampler: str) -> torch.Tensor:
+    """deform_conv2d on the pure-PyTorch path with `sampler`."""
+    return deform_conv2d(*args, use_torchvision=False, sampler=sampler)
+
+
 def _bilinear(img: list[list[float]], y: float, x: float) -> float:
     """Bilinear sample of an H x W image with zero padding (torchvision's CPU kernel rule)."""
     h, w = len(img), len(img[0])
@@ -115,18 +120,7 @@ def test_matches_per_pixel_reference(stride, padding, dilation, dg, sampler):
     x, offset, mask, weight, bias = _random_case(
         gen, 2, 4, 3, 5, 6, 3, stride, padding, dilation, dg
     )
-    got = deform_conv2d(
-        x,
-        offset,
-        mask,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        use_torchvision=False,
-        sampler=sampler,
-    )
+    got = _pure(x, offset, mask, weight, bias, stride, padding, dilation, sampler=sampler)
     want = _reference(x, offset, mask, weight, bias, stride, padding, dilation)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
@@ -197,18 +191,7 @@ def test_zero_offset_unit_mask_is_conv2d(stride, padding, dilation, sampler):
     offset = torch.zeros(2, 2 * 3 * 9, ho, wo, dtype=F64)  # dg = 3
     mask = torch.ones(2, 3 * 9, ho, wo, dtype=F64)
     for m in (mask, None):
-        got = deform_conv2d(
-            x,
-            offset,
-            m,
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-            use_torchvision=False,
-            sampler=sampler,
-        )
+        got = _pure(x, offset, m, weight, bias, stride, padding, dilation, sampler=sampler)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
