@@ -352,3 +352,43 @@ def test_float16_preload_gives_the_float32_samples_and_proxy_data_picks_it(
         split = proxy_data_module._cached_split(cache, dataset)
         assert (split.preloaded, split.preload_dtype) == (preloaded, dtype)
         assert torch.equal(split[0][0], read[0][0])
+
+
+def test_one_pass_reward_equals_separate_detections_and_loss(dataset, tmp_path):
+    """NAS-FCOS's reward needs AP and the validation loss; `evaluate_with_loss` gets both from one
+    forward pass per batch, equal to `evaluate_detector` and `validation_loss` (live RetinaNet and
+    FCOS, and FCOS on cached features)."""
+    from search_configs import search_config
+
+    from nassearch.config import validate_config
+    from nassearch.detectors.build import build_detector
+    from nassearch.engine.evaluate import evaluate_detector, evaluate_with_loss, validation_loss
+    from nassearch.search_spaces import named_genotypes
+
+    fcos = tiny_fcos(dataset.num_classes)
+    cfg = validate_config(search_config(tmp_path))
+    paper = named_genotypes("nasfpn")["PAPER"]
+    retinanet = build_detector(cfg.candidate_model("nasfpn"), dataset.num_classes, paper, seed=0)
+    cache = build_feature_cache(fcos.backbone, dataset, tmp_path / "c", progress=False)
+    cached = CachedFeatureDetector.from_cache(fcos, cache)
+    cached_set = CachedFeatureDataset(cache, packed=True, source=dataset)
+    fcos.score_thresh = retinanet.score_thresh = 0.0  # untrained: keep every candidate box
+    kwargs = {"batch_size": 4, "size_divisor": 32}
+    boxes = 0
+    for model, data in ((fcos, dataset), (retinanet, dataset), (cached, cached_set)):
+        model.train()
+        metrics, losses = evaluate_with_loss(model, data, **kwargs)
+        assert model.training  # restored
+        assert metrics == evaluate_detector(model, data, **kwargs)
+        assert losses == validation_loss(model, data, **kwargs)
+        assert losses["loss"] > 0
+        # The detections themselves, not only their (untrained, near-zero) AP.
+        images, targets = collate_detection([data[i] for i in range(2)], size_divisor=32)
+        model.eval()
+        with torch.no_grad():
+            detections, _ = model.detections_and_losses(images, targets)
+            for got, want in zip(detections, model(images, targets), strict=True):
+                boxes += len(got["boxes"])
+                for key in ("boxes", "scores", "labels"):
+                    assert torch.equal(got[key], want[key])
+    assert boxes > 0

@@ -63,6 +63,21 @@ class DenseDetector(nn.Module):
         outputs = self.head_outputs(self.backbone(images))
         return self.loss(outputs, targets, images.shape[-2:])
 
+    def detections_and_losses(
+        self, images: Tensor, targets: list[dict]
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections and the loss dict from one forward pass (NAS-FCOS's reward needs both: AP
+        and the validation loss), each equal to what `forward` (eval) and `compute_losses` give."""
+        return self.detections_and_losses_from(self.backbone(images), images.shape[-2:], targets)
+
+    def detections_and_losses_from(
+        self, feats: Sequence[Tensor], image_shape: tuple[int, int], targets: list[dict]
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """`detections_and_losses` from backbone features."""
+        outputs = self.head_outputs(feats)
+        losses = self.loss(outputs, targets, image_shape)
+        return self.postprocess(outputs, tuple(image_shape), targets), losses
+
     def head_outputs(self, feats: Sequence[Tensor]) -> Any:
         """Raw per-level head outputs from backbone features (through the neck)."""
         return self.head(self.neck(feats))

@@ -97,21 +97,30 @@ def predict(
     with _eval_mode(model):
         for images, targets in _loader(dataset, batch_size, size_divisor):
             outputs = model(images.to(device), _to_device(targets, device))
-            for output, target in zip(outputs, targets, strict=True):
-                boxes = boxes_to_original(output["boxes"], target)
-                xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-                scores = output["scores"].detach().float().cpu().tolist()
-                labels = output["labels"].detach().cpu().tolist()
-                image_id = int(target["image_id"])
-                for box, score, label in zip(xywh, scores, labels, strict=True):
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": int(cat_ids[int(label)]),
-                            "bbox": box,
-                            "score": float(score),
-                        }
-                    )
+            results.extend(_coco_results(outputs, targets, cat_ids))
+    return results
+
+
+def _coco_results(
+    outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, Any]], cat_ids: list
+) -> list[dict[str, Any]]:
+    """One batch's detections as COCO results (xywh boxes in original image coordinates)."""
+    results = []
+    for output, target in zip(outputs, targets, strict=True):
+        boxes = boxes_to_original(output["boxes"], target)
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        scores = output["scores"].detach().float().cpu().tolist()
+        labels = output["labels"].detach().cpu().tolist()
+        image_id = int(target["image_id"])
+        for box, score, label in zip(xywh, scores, labels, strict=True):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(cat_ids[int(label)]),
+                    "bbox": box,
+                    "score": float(score),
+                }
+            )
     return results
 
 
@@ -168,6 +177,53 @@ def evaluate_detector(
 
 
 @torch.no_grad()
+def evaluate_with_loss(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 2,
+    size_divisor: int = 32,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`evaluate_detector` and `validation_loss` together, from one forward pass per batch
+    (`model.detections_and_losses`): the same two results for half the inference."""
+    device = _model_device(model, device)
+    cat_ids = list(dataset.cat_ids)
+    results: list[dict[str, Any]] = []
+    losses = _LossMeans()
+    with _eval_mode(model):
+        for images, targets in _loader(dataset, batch_size, size_divisor):
+            detections, batch_losses = model.detections_and_losses(
+                images.to(device), _to_device(targets, device)
+            )
+            results.extend(_coco_results(detections, targets, cat_ids))
+            losses.add(batch_losses, len(targets))
+    metrics = coco_evaluate(dataset.coco, results, image_ids=dataset.image_ids)
+    return metrics, losses.means()
+
+
+class _LossMeans:
+    """Per-image weighted means of loss dicts; "loss" is the sum of the `loss_*` means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, losses: dict[str, torch.Tensor], images: int) -> None:
+        keys = list(losses.keys())
+        values = torch.stack([losses[k].detach().float() for k in keys]).tolist()
+        for key, value in zip(keys, values, strict=True):
+            self.sums[key] = self.sums.get(key, 0.0) + value * images
+        self.count += images
+
+    def means(self) -> dict[str, float]:
+        if self.count == 0:
+            raise NasSearchError("validation_loss: the validation set is empty")
+        means = {key: total / self.count for key, total in self.sums.items()}
+        return {"loss": sum(means.values()), **means}
+
+
+@torch.no_grad()
 def validation_loss(
     model: nn.Module,
     dataset: Dataset,
@@ -181,17 +237,10 @@ def validation_loss(
     Each batch's losses are weighted by its number of images; "loss" is the sum of the `loss_*` means.
     """
     device = _model_device(model, device)
-    sums: dict[str, float] = {}
-    count = 0
+    losses = _LossMeans()
     with _eval_mode(model):
         for images, targets in _loader(dataset, batch_size, size_divisor):
-            losses = model.compute_losses(images.to(device), _to_device(targets, device))
-            keys = list(losses.keys())
-            values = torch.stack([losses[k].detach().float() for k in keys]).tolist()
-            for key, value in zip(keys, values, strict=True):
-                sums[key] = sums.get(key, 0.0) + value * len(targets)
-            count += len(targets)
-    if count == 0:
-        raise NasSearchError("validation_loss: the validation set is empty")
-    means = {key: total / count for key, total in sums.items()}
-    return {"loss": sum(means.values()), **means}
+            losses.add(
+                model.compute_losses(images.to(device), _to_device(targets, device)), len(targets)
+            )
+    return losses.means()

@@ -507,6 +507,14 @@ class CachedFeatureDetector(nn.Module):
         """Losses (training) or detections (eval) from per-level [B, C, H, W] or packed features."""
         return self._detector.forward_features(self._levels(features), self.image_shape, targets)
 
+    def detections_and_losses(
+        self, features: Tensor | Sequence[Tensor], targets: list[dict]
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections and the loss dict from one pass of neck and head (see the detector's)."""
+        return self._detector.detections_and_losses_from(
+            self._levels(features), self.image_shape, targets
+        )
+
     def compute_losses(
         self, features: Tensor | Sequence[Tensor], targets: list[dict]
     ) -> dict[str, Tensor]:

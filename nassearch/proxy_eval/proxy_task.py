@@ -23,7 +23,7 @@ from nassearch.config import CostConfig, ExperimentConfig
 from nassearch.console import silent
 from nassearch.detectors.build import build_detector
 from nassearch.device import resolve_device
-from nassearch.engine.evaluate import evaluate_detector, validation_loss
+from nassearch.engine.evaluate import evaluate_detector, evaluate_with_loss, validation_loss
 from nassearch.engine.trainer import Trainer
 from nassearch.proxy_eval.feature_cache import CachedFeatureDataset, CachedFeatureDetector
 from nassearch.proxy_eval.model_cost import ModelCost, backbone_cost, measure_cost
@@ -129,11 +129,14 @@ def evaluate_candidate(
             result.status, result.message = trained.status, trained.message
             return result
         scoring = time.perf_counter()
-        metrics = evaluate_detector(model, reward_set, **kwargs)
+        if proxy.reward == "neg_loss":  # AP and the loss from one pass over the reward split
+            metrics, losses = evaluate_with_loss(model, reward_set, **kwargs)
+            result.val_loss = losses["loss"]
+        else:
+            metrics = evaluate_detector(model, reward_set, **kwargs)
         result.metrics = dict(metrics)
         result.ap, result.ap50 = metrics["AP"], metrics["AP50"]
         if proxy.reward == "neg_loss":
-            result.val_loss = validation_loss(model, reward_set, **kwargs)["loss"]
             if not math.isfinite(result.val_loss):
                 result.status, result.message = Status.NAN, f"validation loss is {result.val_loss}"
                 return result
